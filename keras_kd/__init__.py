@@ -1,0 +1,29 @@
+"""keras_kd: knowledge distillation for Keras 3 on TensorFlow.
+
+`Distiller` trains a student from a frozen teacher inside `model.fit`; `keras_kd.losses` holds the
+methods, `keras_kd.callbacks` the schedules, `keras_kd.teachers` the teacher signals,
+`keras_kd.recipes` multi-run procedures and `keras_kd.export` TFLite deployment.
+"""
+
+__version__ = "0.1.0"
+
+from keras_kd import callbacks, losses, teachers, weighting
+from keras_kd.distiller import Distiller
+from keras_kd.losses import LogitMatchingDistillation, SoftTargetDistillation
+from keras_kd.teachers import cache_teacher_logits, cache_teacher_outputs
+from keras_kd.weighting import FixedWeighting, PathWeighting
+
+__all__ = [
+    "Distiller",
+    "FixedWeighting",
+    "LogitMatchingDistillation",
+    "PathWeighting",
+    "SoftTargetDistillation",
+    "__version__",
+    "cache_teacher_logits",
+    "cache_teacher_outputs",
+    "callbacks",
+    "losses",
+    "teachers",
+    "weighting",
+]

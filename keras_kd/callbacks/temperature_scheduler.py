@@ -1,0 +1,62 @@
+"""Schedule the softening temperature of distillation losses between epochs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+
+
+class TemperatureScheduler(keras.callbacks.Callback):
+    """Sets the temperature of every loss that declares one, at the start of each epoch.
+
+    Args:
+        schedule: `schedule(epoch) -> temperature` (epoch is 0-based), or
+            `schedule(epoch, current_temperature) -> temperature`.
+        verbose: print the value when it changes.
+
+    Example:
+        >>> cb = keras_kd.callbacks.TemperatureScheduler(lambda e: max(1.0, 8.0 - e))
+        >>> distiller.fit(ds, epochs=8, callbacks=[cb])
+
+    The temperature is logged as `temperature` in the epoch logs.
+    """
+
+    def __init__(self, schedule: Callable, verbose: int = 0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"schedule must be callable, got {schedule!r}.")
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def _variables(self):
+        variables = [
+            loss.temperature_variable()
+            for loss in self.model.distillation_losses
+            if loss.temperature_variable() is not None
+        ]
+        if not variables:
+            raise ValueError(
+                "TemperatureScheduler: none of the Distiller's distillation_losses has a "
+                "temperature."
+            )
+        return variables
+
+    def on_epoch_begin(self, epoch, logs=None):
+        variables = self._variables()
+        current = float(keras.ops.convert_to_numpy(variables[0]))
+        try:
+            value = self.schedule(epoch, current)
+        except TypeError:
+            value = self.schedule(epoch)
+        value = float(value)
+        if not value > 0:
+            raise ValueError(f"TemperatureScheduler: schedule({epoch}) gave {value}; need > 0.")
+        for variable in variables:
+            variable.assign(value)
+        if self.verbose and value != current:
+            print(f"\nEpoch {epoch + 1}: TemperatureScheduler sets temperature to {value}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["temperature"] = float(keras.ops.convert_to_numpy(self._variables()[0]))

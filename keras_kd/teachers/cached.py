@@ -1,0 +1,118 @@
+"""Cached teacher outputs: run the teacher once, then distil without calling it again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_kd.features import FeatureExtractor
+from keras_kd.losses.base import LOGITS, Tap
+
+CACHE_INPUTS_KEY = "inputs"
+CACHE_OUTPUTS_KEY = "teacher_outputs"
+
+
+def _as_dataset(data, y, sample_weight, batch_size: int) -> tf.data.Dataset:
+    if isinstance(data, tf.data.Dataset):
+        if y is not None or sample_weight is not None:
+            raise ValueError(
+                "Pass y / sample_weight only with array inputs, not a tf.data.Dataset."
+            )
+        spec = data.element_spec
+        first = spec[0] if isinstance(spec, tuple) else spec
+        batched = isinstance(first, tf.TensorSpec) and len(first.shape) > 0 and (
+            first.shape[0] is None
+        )
+        return data if batched else data.batch(batch_size)
+    arrays = (data,) if y is None else (data, y)
+    if sample_weight is not None:
+        if y is None:
+            raise ValueError("sample_weight needs y.")
+        arrays = (data, y, sample_weight)
+    return tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)
+
+
+def cache_teacher_outputs(
+    teacher: keras.Model,
+    data,
+    y=None,
+    sample_weight=None,
+    taps: Sequence[Tap] = (LOGITS,),
+    batch_size: int = 256,
+) -> tf.data.Dataset:
+    """Runs `teacher` once over `data` and returns a dataset the `Distiller` trains on directly.
+
+    Each element of the result is `({"inputs": x, "teacher_outputs": (t_0, ...)}, y[, w])`,
+    unbatched, in the order of `data`: shuffle and batch it yourself. The `Distiller` then
+    skips its teacher call, the one irreducible extra cost of distillation.
+
+    Invalid when the teacher would see something different each epoch: random data
+    augmentation applied before the teacher (cache the augmented copies instead, or do not
+    cache), or a teacher meant to run with dropout/noise active. It is exact for a frozen teacher
+    called with `training=False` on fixed inputs, which is what the `Distiller` does.
+
+    Args:
+        teacher: the teacher model.
+        data: an array, or a finite `tf.data.Dataset` of `x`, `(x, y)` or `(x, y, w)` with a
+            deterministic order (no `reshuffle_each_iteration` before this call).
+        y: labels when `data` is an array.
+        sample_weight: per-example weights when `data` is an array.
+        taps: which teacher tensors to store, in the order the Distiller's losses need them
+            (`distiller.teacher_taps`). The default stores the logits.
+        batch_size: batch size of the teacher pass (and of array inputs).
+
+    Returns:
+        An unbatched `tf.data.Dataset`.
+
+    Raises:
+        ValueError: for an empty dataset or inconsistent arguments.
+    """
+    if not isinstance(teacher, keras.Model):
+        raise TypeError(f"teacher must be a keras.Model, got {type(teacher)!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    extractor = FeatureExtractor(teacher, tuple(taps), "teacher")
+    dataset = _as_dataset(data, y, sample_weight, batch_size)
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return tuple(tf.cast(t, tf.float32) for t in extractor(x, training=False)[1:])
+
+    inputs, outputs, rest = [], None, None
+    for element in dataset:
+        element = element if isinstance(element, tuple) else (element,)
+        x = element[0]
+        result = forward(x)
+        outputs = [[] for _ in result] if outputs is None else outputs
+        for store, value in zip(outputs, result):
+            store.append(value.numpy())
+        inputs.append(tf.nest.map_structure(lambda t: t.numpy(), x))
+        rest = [[] for _ in element[1:]] if rest is None else rest
+        for store, value in zip(rest, element[1:]):
+            store.append(value.numpy())
+    if outputs is None:
+        raise ValueError("cache_teacher_outputs got an empty dataset.")
+    x_all = tf.nest.map_structure(lambda *parts: np.concatenate(parts), *inputs)
+    features = {
+        CACHE_INPUTS_KEY: x_all,
+        CACHE_OUTPUTS_KEY: tuple(np.concatenate(store) for store in outputs),
+    }
+    tail = tuple(np.concatenate(store) for store in rest)
+    return tf.data.Dataset.from_tensor_slices((features, *tail))
+
+
+def cache_teacher_logits(
+    teacher: keras.Model, data, y=None, sample_weight=None, batch_size: int = 256
+) -> tf.data.Dataset:
+    """`cache_teacher_outputs` for logit losses (soft targets, logit matching).
+
+    Example:
+        >>> cached = keras_kd.cache_teacher_logits(teacher, x_train, y_train)
+        >>> distiller.fit(cached.shuffle(60000).batch(128), epochs=5)
+
+    A final softmax of the teacher is undone exactly, as in the `Distiller`.
+    """
+    return cache_teacher_outputs(teacher, data, y, sample_weight, (LOGITS,), batch_size)
