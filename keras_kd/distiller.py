@@ -53,6 +53,16 @@ def _unique(taps: Sequence[Tap]) -> list[Tap]:
     return seen
 
 
+def _log_names(losses: Sequence[DistillationLoss]) -> list[str]:
+    """Each loss's `log_name`, with `_2`, `_3`, ... appended to repeated names."""
+    names, counts = [], {}
+    for loss in losses:
+        base = loss.log_name
+        counts[base] = counts.get(base, 0) + 1
+        names.append(base if counts[base] == 1 else f"{base}_{counts[base]}")
+    return names
+
+
 def _output_shape(model: keras.Model | None):
     try:
         return tuple(model.outputs[0].shape[1:]) if model is not None else None
@@ -200,9 +210,16 @@ class Distiller(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        log_names = _log_names(loss_objects)
         self.path_trackers = (
-            [keras.metrics.Mean(name=f"{loss.name}_loss") for loss in loss_objects]
+            [keras.metrics.Mean(name=f"{name}_loss") for name in log_names]
             if len(loss_objects) > 1
+            else []
+        )
+        # Learned path weights (e.g. UncertaintyWeighting) are logged as `<loss>_weight`.
+        self.path_weight_trackers = (
+            [keras.metrics.Mean(name=f"{name}_weight") for name in log_names]
+            if weighting.trainable_weights
             else []
         )
         self._hard_loss = None
@@ -265,6 +282,7 @@ class Distiller(keras.Model):
     def metrics(self):
         metrics = [self.loss_tracker, self.student_loss_tracker, self.distillation_loss_tracker]
         metrics.extend(self.path_trackers)
+        metrics.extend(self.path_weight_trackers)
         if self.compiled and self._compile_metrics is not None:
             metrics.append(self._compile_metrics)
         return metrics
@@ -348,7 +366,9 @@ class Distiller(keras.Model):
             values = values * sw
         return ops.mean(values)
 
-    def compute_distillation_terms(self, y, student_outputs, teacher_outputs, sample_weight=None):
+    def compute_distillation_terms(
+        self, y, student_outputs, teacher_outputs, sample_weight=None, training=False
+    ):
         """All loss terms of one batch, reduced over the batch.
 
         Args:
@@ -356,6 +376,8 @@ class Distiller(keras.Model):
             student_outputs: `(student_output, *student_taps)` from the student extractor.
             teacher_outputs: teacher taps in `self._teacher_taps` order.
             sample_weight: `(batch,)` weights or `None`.
+            training: passed to the losses, so their adapters (e.g. BatchNormalization in a
+                regressor) run in training mode during `train_step`.
 
         Returns:
             dict with scalar `loss`, `student_loss`, `distillation_loss` and `paths` (a list of
@@ -377,6 +399,7 @@ class Distiller(keras.Model):
             value = loss(
                 tuple(teacher_outputs[i] for i in ti),
                 tuple(student_outputs[1 + j] for j in si),
+                training=training,
             )
             paths.append(ops.cast(value, "float32"))
         path_matrix = ops.stack(paths, axis=-1)
@@ -398,6 +421,10 @@ class Distiller(keras.Model):
         )
         for tracker, value in zip(self.path_trackers, terms["paths"]):
             tracker.update_state(value, sample_weight=batch)
+        if self.path_weight_trackers:
+            weights = self.path_weighting.current_weights()
+            for i, tracker in enumerate(self.path_weight_trackers):
+                tracker.update_state(weights[i])
 
     # ------------------------------------------------------------------ steps
     def train_step(self, data):
@@ -406,7 +433,7 @@ class Distiller(keras.Model):
         with tf.GradientTape() as tape:
             student_outputs = self._student_features(x, training=True)
             terms = self.compute_distillation_terms(y, student_outputs, teacher_outputs,
-                                                    sample_weight)
+                                                    sample_weight, training=True)
             # Per-replica share of the global mean: replicas' gradients are summed.
             loss = self.optimizer.scale_loss(terms["loss"] / _num_replicas())
         variables = self.trainable_variables

@@ -32,6 +32,20 @@ def _is_graph_model(model: keras.Model) -> bool:
         return False
 
 
+def _input_structure(model: keras.Model):
+    """The inputs in the structure the model is called with (a bare tensor, a dict, ...).
+
+    Rebuilding from the flat `model.inputs` list would make Keras warn on every call with a
+    single tensor that the input structure does not match.
+    """
+    if not isinstance(model, keras.Sequential):
+        try:
+            return model.input  # Functional: the structure given to its constructor
+        except AttributeError:
+            pass
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
 class _DenseLogits(keras.layers.Layer):
     """The linear part of a `Dense(activation="softmax")`, using that layer's own variables."""
 
@@ -143,7 +157,9 @@ class FeatureExtractor:
             self._extractor = None  # plain model call is enough
         else:
             self._extractor = keras.Model(
-                model.inputs, [model.outputs[0], *tensors], name=f"{model.name}_features"
+                _input_structure(model),
+                [model.outputs[0], *tensors],
+                name=f"{model.name}_features",
             )
 
     def shapes(self) -> list[tuple]:

@@ -65,3 +65,62 @@ class FixedWeighting(PathWeighting):
         config.pop("num_paths", None)
         config["weights"] = [float(w) for w in ops.convert_to_numpy(self.weights_variable)]
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class UncertaintyWeighting(PathWeighting):
+    """Learned path weights by homoscedastic uncertainty: `sum_i exp(-s_i) * d_i + s_i`.
+
+    Each distillation path `i` gets a trainable log-variance `s_i` (optimized with the student).
+    A path whose loss stays large is down-weighted (`exp(-s_i)` shrinks) while the `+ s_i` term
+    keeps the weights from collapsing to zero. The effective weights `exp(-s_i)` are returned
+    by `current_weights()` and logged by the `Distiller` each epoch as `<loss name>_weight`.
+
+    Args:
+        num_paths: number of distillation losses (one `s_i` each).
+        initial_log_variance: initial `s_i` (0 gives every path weight 1).
+
+    Example:
+        >>> losses = [SoftTargetDistillation(), HintDistillation("t_mid", "s_mid")]
+        >>> distiller = keras_kd.Distiller(
+        ...     teacher, student, losses,
+        ...     distillation_loss_weights=keras_kd.weighting.UncertaintyWeighting(2))
+
+    Reference:
+        Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for
+        Scene Geometry and Semantics", CVPR 2018 (`L = sum_i exp(-s_i) L_i + s_i`,
+        `s_i = log sigma_i^2`); applied to distillation paths as in Chennupati et al.,
+        "Adaptive Distillation: Aggregating Knowledge from Multiple Paths for Efficient
+        Distillation", BMVC 2021.
+    """
+
+    def __init__(self, num_paths: int, initial_log_variance: float = 0.0, **kwargs):
+        if isinstance(num_paths, bool) or not isinstance(num_paths, int) or num_paths < 1:
+            raise ValueError(f"num_paths must be a positive integer, got {num_paths!r}.")
+        if isinstance(initial_log_variance, bool) or not isinstance(
+            initial_log_variance, (int, float)
+        ):
+            raise ValueError(
+                f"initial_log_variance must be a number, got {initial_log_variance!r}."
+            )
+        super().__init__(num_paths=num_paths, **kwargs)
+        self.initial_log_variance = float(initial_log_variance)
+        self.log_variances = self.add_weight(
+            shape=(num_paths,),
+            initializer=keras.initializers.Constant(self.initial_log_variance),
+            trainable=True,
+            dtype="float32",
+            name="log_variances",
+        )
+
+    def current_weights(self):
+        return ops.exp(-self.log_variances)
+
+    def call(self, path_losses):
+        s = self.log_variances
+        return ops.sum(path_losses * ops.exp(-s) + s, axis=-1)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["initial_log_variance"] = self.initial_log_variance
+        return config

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import keras
+
+
+def _accepts_two_arguments(fn: Callable) -> bool:
+    """Whether `fn(epoch, current)` is a valid call (decided once, not by catching errors)."""
+    try:
+        inspect.signature(fn).bind(0, 1.0)
+    except TypeError:
+        return False
+    except ValueError:  # no introspectable signature (some builtins): assume fn(epoch)
+        return False
+    return True
 
 
 class TemperatureScheduler(keras.callbacks.Callback):
@@ -28,6 +40,7 @@ class TemperatureScheduler(keras.callbacks.Callback):
             raise TypeError(f"schedule must be callable, got {schedule!r}.")
         self.schedule = schedule
         self.verbose = verbose
+        self._takes_current = _accepts_two_arguments(schedule)
 
     def _variables(self):
         variables = [
@@ -45,9 +58,9 @@ class TemperatureScheduler(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         variables = self._variables()
         current = float(keras.ops.convert_to_numpy(variables[0]))
-        try:
+        if self._takes_current:
             value = self.schedule(epoch, current)
-        except TypeError:
+        else:
             value = self.schedule(epoch)
         value = float(value)
         if not value > 0:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from keras_kd.losses.attention_transfer import AttentionTransfer
 from keras_kd.losses.base import LOGITS, DistillationLoss, Tap
+from keras_kd.losses.fsp import FSPDistillation
 from keras_kd.losses.functional import logit_mse, soft_target_cross_entropy, soft_target_kl
+from keras_kd.losses.hint import HintDistillation
 from keras_kd.losses.logit_matching import LogitMatchingDistillation
+from keras_kd.losses.overhaul import OverhaulDistillation
+from keras_kd.losses.relational import RelationalDistillation
 from keras_kd.losses.soft_target import SoftTargetDistillation
 
 # The one registry of string names (`"soft_target"` -> class), filled explicitly below.
@@ -24,6 +29,11 @@ def register(name: str, cls: type) -> type:
 
 register("soft_target", SoftTargetDistillation)
 register("logit_matching", LogitMatchingDistillation)
+register("hint", HintDistillation)
+register("attention_transfer", AttentionTransfer)
+register("fsp", FSPDistillation)
+register("relational", RelationalDistillation)
+register("overhaul", OverhaulDistillation)
 
 
 def get(identifier: str | DistillationLoss) -> DistillationLoss:
@@ -49,6 +59,11 @@ def get(identifier: str | DistillationLoss) -> DistillationLoss:
 
 
 __all__ = [
+    "AttentionTransfer",
+    "FSPDistillation",
+    "HintDistillation",
+    "OverhaulDistillation",
+    "RelationalDistillation",
     "LOGITS",
     "REGISTRY",
     "DistillationLoss",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 import keras
@@ -50,6 +51,26 @@ class DistillationLoss(keras.layers.Layer):
     def __init__(self, name: str | None = None, **kwargs):
         kwargs.pop("dtype", None)
         super().__init__(name=name, dtype="float32", **kwargs)
+        self._given_name = name
+
+    @property
+    def log_name(self) -> str:
+        """Key of this loss in training logs: the given `name`, else the snake-case class name.
+
+        Keras makes automatic layer names unique per session (`..._1`, `..._2`), which would
+        make log keys depend on how many losses were built before.
+        """
+        if self._given_name:
+            return self._given_name
+        name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type(self).__name__.lstrip("_"))
+        return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.pop("dtype", None)
+        if not self._given_name:
+            config.pop("name", None)  # keep automatic names automatic after reloading
+        return config
 
     def teacher_features(self) -> tuple[Tap, ...]:
         """The teacher tensors `call` receives, in order."""
@@ -66,6 +87,16 @@ class DistillationLoss(keras.layers.Layer):
     def build(self, teacher_shapes: Sequence[tuple], student_shapes: Sequence[tuple]) -> None:
         """Creates adapters from the static shapes of the requested features."""
         self.built = True
+
+    def __call__(self, teacher_features, student_features, **kwargs):
+        # Keras's automatic build maps call arguments to `<name>_shape` build arguments; build
+        # here instead with the `(teacher_shapes, student_shapes)` signature every loss uses.
+        if not self.built:
+            self.build(
+                tuple(tuple(f.shape) for f in teacher_features),
+                tuple(tuple(f.shape) for f in student_features),
+            )
+        return super().__call__(teacher_features, student_features, **kwargs)
 
     def call(self, teacher_features, student_features):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement call().")

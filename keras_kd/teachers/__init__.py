@@ -1,5 +1,13 @@
-"""Teacher signals: cached outputs (and, later, ensembles and specialists)."""
+"""Teacher signals: cached outputs, ensembles of teachers, generalist + specialists."""
 
 from keras_kd.teachers.cached import cache_teacher_logits, cache_teacher_outputs
+from keras_kd.teachers.ensemble import Ensemble, cache_ensemble_logits
+from keras_kd.teachers.specialists import Specialists
 
-__all__ = ["cache_teacher_logits", "cache_teacher_outputs"]
+__all__ = [
+    "Ensemble",
+    "Specialists",
+    "cache_ensemble_logits",
+    "cache_teacher_logits",
+    "cache_teacher_outputs",
+]

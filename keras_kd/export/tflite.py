@@ -1,0 +1,189 @@
+"""`to_tflite`: convert a trained student to a TensorFlow Lite (LiteRT) flatbuffer.
+
+The route is SavedModel -> `tf.lite.TFLiteConverter.from_saved_model` with the supported op set
+given explicitly (builtin ops only, never SELECT_TF_OPS, so the file runs on the plain LiteRT
+runtime). `model.export(format="litert")` is not used because it enables SELECT_TF_OPS.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_kd.distiller import Distiller
+
+QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
+DEFAULT_CALIBRATION_EXAMPLES = 300
+
+
+def _is_tf_keras_model(model) -> bool:
+    return any(
+        cls.__module__.startswith("tf_keras") and cls.__name__ == "Model"
+        for cls in type(model).__mro__
+    )
+
+
+def _single_input_spec(model) -> tf.TensorSpec:
+    inputs = model.inputs
+    if not inputs or len(inputs) != 1:
+        raise ValueError(
+            f"to_tflite supports models with exactly one input; {model.name!r} has "
+            f"{len(inputs or [])}."
+        )
+    shape = (None,) + tuple(inputs[0].shape[1:])
+    return tf.TensorSpec(shape, tf.as_dtype(inputs[0].dtype), name="inputs")
+
+
+def _save_tf_keras(model, directory: str) -> None:
+    spec = _single_input_spec(model)
+
+    @tf.function(input_signature=[spec])
+    def serve(inputs):
+        return model(inputs, training=False)
+
+    tf.saved_model.save(model, directory, signatures={"serving_default": serve})
+
+
+def calibration_examples(representative_data, input_shape, num_examples: int) -> np.ndarray:
+    """Up to `num_examples` float32 inputs of shape `(n, *input_shape)` from arrays or a dataset.
+
+    Args:
+        representative_data: an array `(n, *input_shape)`, a tuple `(x, y[, w])` of arrays, or a
+            `tf.data.Dataset` of `x` / `(x, ...)`, batched or not.
+        input_shape: the model's input shape without the batch axis.
+        num_examples: how many examples to take (from the start: shuffle beforehand if the data
+            is ordered by class).
+
+    Returns:
+        A float32 NumPy array.
+    """
+    rank = len(input_shape)
+    chunks, count = [], 0
+    if isinstance(representative_data, tf.data.Dataset):
+        source = representative_data.as_numpy_iterator()
+    else:
+        source = [representative_data]
+    for element in source:
+        x = element[0] if isinstance(element, (tuple, list)) else element
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == rank:
+            x = x[None]
+        if x.ndim != rank + 1 or tuple(x.shape[1:]) != tuple(input_shape):
+            raise ValueError(
+                f"representative_data must hold inputs of shape {tuple(input_shape)} (optionally "
+                f"batched); got an element of shape {x.shape}."
+            )
+        chunks.append(x[: num_examples - count])
+        count += len(chunks[-1])
+        if count >= num_examples:
+            break
+    if count == 0:
+        raise ValueError("representative_data is empty.")
+    return np.concatenate(chunks)
+
+
+def to_tflite(
+    model,
+    path: str | os.PathLike,
+    quantization: str = "none",
+    representative_data=None,
+    int8_io: bool = False,
+    num_calibration_examples: int = DEFAULT_CALIBRATION_EXAMPLES,
+) -> Path:
+    """Converts a student to a `.tflite` file (float32, float16, dynamic-range or full-int8).
+
+    Only the student is exported: a `keras_kd.Distiller` is replaced by its `.student` (the
+    teacher and any adapters stay behind).
+
+    Args:
+        model: a Keras 3 model, a `keras_kd.Distiller`, or a tf_keras model (e.g. the result of
+            `quantization_aware_distillation`). One input.
+        path: where to write the `.tflite` file (parent directories are created).
+        quantization: `"none"` (float32), `"float16"` (float16 weights, float compute),
+            `"dynamic"` (int8 weights, float activations) or `"int8"` (full-integer: int8 weights
+            and activations, int32 biases, calibrated on `representative_data`).
+        representative_data: calibration inputs for `"int8"` (required) - a few hundred
+            training examples as an array, `(x, y)` arrays, or a `tf.data.Dataset`.
+        int8_io: for `"int8"` only: if True the file's input and output tensors are int8 (the
+            caller quantizes inputs with the input's scale / zero point, as
+            `evaluate_tflite` does); if False they stay float32 with quantize / dequantize ops at
+            the two ends.
+        num_calibration_examples: how many examples of `representative_data` to calibrate on.
+
+    Returns:
+        The `Path` of the written file.
+
+    Raises:
+        ValueError: for an unknown `quantization`, `"int8"` without `representative_data`,
+            `int8_io` with another mode, or a model with several inputs.
+        TypeError: if `model` is not a Keras model.
+
+    Example:
+        >>> to_tflite(distiller, "student_int8.tflite", quantization="int8",
+        ...           representative_data=x_train[:300], int8_io=True)
+
+    Reference:
+        Jacob et al., "Quantization and Training of Neural Networks for Efficient
+        Integer-Arithmetic-Only Inference", CVPR 2018: `real = scale * (q - zero_point)`.
+    """
+    if quantization not in QUANTIZATION_MODES:
+        raise ValueError(
+            f"quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}."
+        )
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "quantization='int8' needs representative_data: a few hundred training inputs "
+            "(array, (x, y) arrays or tf.data.Dataset) to calibrate the activation ranges."
+        )
+    if int8_io and quantization != "int8":
+        raise ValueError(f"int8_io=True needs quantization='int8', got {quantization!r}.")
+    if not isinstance(num_calibration_examples, int) or num_calibration_examples < 1:
+        raise ValueError(
+            "num_calibration_examples must be a positive integer, got "
+            f"{num_calibration_examples!r}."
+        )
+    if isinstance(model, Distiller):
+        model = model.student
+    tf_keras_model = _is_tf_keras_model(model)
+    if not (isinstance(model, keras.Model) or tf_keras_model):
+        raise TypeError(f"model must be a Keras model or keras_kd.Distiller, got {type(model)!r}.")
+    spec = _single_input_spec(model)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="keras_kd_savedmodel_") as saved_model_dir:
+        if tf_keras_model:
+            _save_tf_keras(model, saved_model_dir)
+        else:
+            model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantization == "int8":
+            examples = calibration_examples(
+                representative_data, spec.shape[1:], num_calibration_examples
+            )
+
+            def representative_dataset():
+                for i in range(len(examples)):
+                    yield [examples[i : i + 1]]
+
+            converter.representative_dataset = representative_dataset
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if int8_io:
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+        flatbuffer = converter.convert()
+    path.write_bytes(flatbuffer)
+    return path
+
+
+__all__ = ["QUANTIZATION_MODES", "calibration_examples", "to_tflite"]
