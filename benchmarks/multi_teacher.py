@@ -126,7 +126,10 @@ def kd_settings() -> dict:
 
 
 def compile_settings() -> dict:
-    return {"optimizer": "adam", "loss": "sparse_categorical_crossentropy"}
+    return {
+        "optimizer": "adam",
+        "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    }
 
 
 def run_seed(seed: int, data) -> dict:

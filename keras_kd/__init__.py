@@ -7,7 +7,17 @@ methods, `keras_kd.callbacks` the schedules, `keras_kd.teachers` the teacher sig
 
 __version__ = "0.1.0"
 
-from keras_kd import callbacks, losses, teachers, weighting
+from keras_kd import (
+    callbacks,
+    datasets,
+    export,
+    losses,
+    models,
+    recipes,
+    report,
+    teachers,
+    weighting,
+)
 from keras_kd.distiller import Distiller
 from keras_kd.losses import LogitMatchingDistillation, SoftTargetDistillation
 from keras_kd.teachers import cache_teacher_logits, cache_teacher_outputs
@@ -23,7 +33,12 @@ __all__ = [
     "cache_teacher_logits",
     "cache_teacher_outputs",
     "callbacks",
+    "datasets",
+    "models",
+    "report",
+    "export",
     "losses",
+    "recipes",
     "teachers",
     "weighting",
 ]

@@ -33,7 +33,16 @@ SHIPPED_MNIST_DIR = Path(__file__).resolve().parent / "data" / "mnist"
 _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 _CIFAR10_TARBALL = "cifar-10-binary.tar.gz"
 _CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 
@@ -231,8 +240,9 @@ def load(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
     builder = prepare(name, data_dir, manual_dir, download)
-    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=shuffle_buffer is not None)
-    if shuffle_buffer is not None:
+    shuffle = shuffle_buffer is not None
+    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=shuffle)
+    if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     ds = ds.map(_scale, num_parallel_calls=tf.data.AUTOTUNE)
     if batch_size is not None:
@@ -289,9 +299,7 @@ def _cifar_records(images: np.ndarray, labels: np.ndarray) -> bytes:
     return np.concatenate([labels.astype(np.uint8)[:, None], planes], axis=1).tobytes()
 
 
-def prepare_cifar10_manual_dir(
-    npz_path: str | os.PathLike, out_dir: str | os.PathLike
-) -> Path:
+def prepare_cifar10_manual_dir(npz_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Writes `cifar-10-binary.tar.gz` in the official binary layout from the JPEG npz.
 
     The npz (see the shared data README) holds `train_jpeg`/`train_offsets`,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -39,6 +40,35 @@ def _check_unit_interval(name: str, value) -> float:
     return float(value)
 
 
+_PROBABILITY_CE_NAMES = (
+    "sparse_categorical_crossentropy",
+    "SparseCategoricalCrossentropy",
+    "categorical_crossentropy",
+    "CategoricalCrossentropy",
+    "categorical_focal_crossentropy",
+    "CategoricalFocalCrossentropy",
+)
+
+
+def _reads_probabilities(loss) -> bool:
+    """True for a cross-entropy that expects probabilities (`from_logits=False`)."""
+    if _loss_name(loss) not in _PROBABILITY_CE_NAMES:
+        return False
+    if isinstance(loss, keras.losses.Loss):
+        return not loss.get_config().get("from_logits", False)
+    return True  # the string / function forms default to from_logits=False
+
+
+def _linear_output_layer(model: keras.Model):
+    """The model's last layer if it visibly outputs logits (`activation=None`), else None."""
+    try:
+        last = model.outputs[0]._keras_history.operation
+    except (AttributeError, ValueError, IndexError, TypeError):
+        return None
+    activation = getattr(last, "activation", None)
+    return last if getattr(activation, "__name__", None) == "linear" else None
+
+
 def _loss_name(loss) -> str:
     if isinstance(loss, keras.losses.Loss):
         return type(loss).__name__
@@ -54,12 +84,12 @@ def _unique(taps: Sequence[Tap]) -> list[Tap]:
 
 
 def _log_names(losses: Sequence[DistillationLoss]) -> list[str]:
-    """Each loss's `log_name`, with `_2`, `_3`, ... appended to repeated names."""
+    """Each loss's `log_name`; repeats get `_1`, `_2`, ... as Keras numbers layer names."""
     names, counts = [], {}
     for loss in losses:
         base = loss.log_name
+        names.append(f"{base}_{counts[base]}" if base in counts else base)
         counts[base] = counts.get(base, 0) + 1
-        names.append(base if counts[base] == 1 else f"{base}_{counts[base]}")
     return names
 
 
@@ -98,8 +128,10 @@ class Distiller(keras.Model):
 
     Example:
         >>> distiller = keras_kd.Distiller(teacher, student, student_loss_weight=0.1)
-        >>> distiller.compile("adam", loss="sparse_categorical_crossentropy",
-        ...                   metrics=["accuracy"])
+        >>> distiller.compile(
+        ...     "adam",
+        ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        ...     metrics=["accuracy"])
         >>> distiller.fit(train_ds, validation_data=test_ds, epochs=5)
         >>> distiller.student.save("student.keras")
 
@@ -239,8 +271,11 @@ class Distiller(keras.Model):
 
         Args:
             optimizer: optimizer for the student (and adapters / learned weights).
-            loss: the hard-label loss (e.g. `"sparse_categorical_crossentropy"`), applied to the
-                student's outputs. Required when `student_loss_weight > 0`.
+            loss: the hard-label loss applied to the student's outputs, e.g.
+                `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` for a student
+                that outputs logits (the string `"sparse_categorical_crossentropy"` expects
+                probabilities; compiling it for a logits student warns). Required when
+                `student_loss_weight > 0`.
             metrics: metrics of the student's outputs, logged like `Model.compile` metrics.
             jit_compile: defaults to `False`: XLA made distillation steps slower on the CPUs
                 this was measured on (see BENCHMARKS.md). Pass `True` or `"auto"` to opt in.
@@ -251,13 +286,25 @@ class Distiller(keras.Model):
                 raise ValueError(
                     "compile(loss=...) is required when student_loss_weight > 0 (got "
                     f"{self._initial_student_loss_weight}): pass the hard-label loss, e.g. "
-                    "loss='sparse_categorical_crossentropy', or set student_loss_weight=0."
+                    "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), or set "
+                    "student_loss_weight=0."
                 )
             self._hard_loss = None
         else:
             self._hard_loss = keras.losses.get(loss)
             if self._hard_loss is None or not callable(self._hard_loss):
                 raise ValueError(f"compile(loss=...) got an unknown loss {loss!r}.")
+            last = _linear_output_layer(self.student)
+            if last is not None and _reads_probabilities(self._hard_loss):
+                warnings.warn(
+                    f"compile(loss={loss!r}) reads the student's outputs as probabilities "
+                    f"(from_logits=False), but the student '{self.student.name}' ends in layer "
+                    f"'{last.name}' without activation, i.e. it outputs logits: the hard-label "
+                    "loss would be wrong. Pass e.g. loss=keras.losses."
+                    "SparseCategoricalCrossentropy(from_logits=True), or end the student in "
+                    "keras.layers.Softmax().",
+                    stacklevel=2,
+                )
         self._hard_loss_config = loss
         super().compile(
             optimizer=optimizer, loss=None, metrics=metrics, jit_compile=jit_compile, **kwargs

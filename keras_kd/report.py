@@ -72,8 +72,12 @@ def plot_history(result: ScratchVsDistilledResult, path: str | os.PathLike) -> P
     for summary, style in ((result.scratch, "o-"), (result.distilled, "s-")):
         values = summary.history.get("val_accuracy", [])
         ax.plot(range(1, len(values) + 1), values, style, label=summary.name)
-    ax.axhline(result.teacher.test_accuracy, color="grey", linestyle="--",
-               label=f"teacher ({result.teacher.test_accuracy:.4f})")
+    ax.axhline(
+        result.teacher.test_accuracy,
+        color="grey",
+        linestyle="--",
+        label=f"teacher ({result.teacher.test_accuracy:.4f})",
+    )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.set_title("Student trained from scratch vs. distilled")

@@ -29,8 +29,10 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mnist_arrays(data_dir):
     """Builds MNIST from the shipped files (no manual_dir, no network) and reads both splits."""
-    return {split: datasets.load_arrays("mnist", split, data_dir=data_dir)
-            for split in ("train", "test")}
+    return {
+        split: datasets.load_arrays("mnist", split, data_dir=data_dir)
+        for split in ("train", "test")
+    }
 
 
 def _pairs(images: np.ndarray, labels: np.ndarray) -> dict[bytes, int]:
@@ -156,16 +158,21 @@ def _tiny_cifar_npz(path: Path, n_train: int = 10, n_test: int = 5):
         encoded = [tf.io.encode_jpeg(img, quality=90).numpy() for img in images]
         blobs[split] = np.frombuffer(b"".join(encoded), np.uint8)
         offsets[split] = np.cumsum([0] + [len(e) for e in encoded]).astype(np.int64)
-        arrays[split] = np.stack([
-            tf.io.decode_jpeg(e, channels=3, dct_method="INTEGER_ACCURATE").numpy()
-            for e in encoded
-        ])
+        arrays[split] = np.stack(
+            [
+                tf.io.decode_jpeg(e, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+                for e in encoded
+            ]
+        )
     labels = {"train": np.arange(n_train) % 10, "test": (np.arange(n_test) * 3) % 10}
     np.savez(
         path,
-        train_jpeg=blobs["train"], train_offsets=offsets["train"],
-        test_jpeg=blobs["test"], test_offsets=offsets["test"],
-        y_train=labels["train"].astype(np.uint8), y_test=labels["test"].astype(np.uint8),
+        train_jpeg=blobs["train"],
+        train_offsets=offsets["train"],
+        test_jpeg=blobs["test"],
+        test_offsets=offsets["test"],
+        y_train=labels["train"].astype(np.uint8),
+        y_test=labels["test"].astype(np.uint8),
     )
     return arrays, labels
 

@@ -418,8 +418,38 @@ def test_distiller_keras_round_trip(tmp_path):
     # Restored compile state: the same evaluation.
     a = distiller.evaluate(x, y, verbose=0, return_dict=True)
     b = loaded.evaluate(x, y, verbose=0, return_dict=True)
-    for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
+    assert set(b) == set(a)  # same log keys after reloading
+    for key in a:
         np.testing.assert_allclose(b[key], a[key], atol=1e-6, err_msg=key)
+
+
+def test_log_keys_do_not_depend_on_losses_built_earlier():
+    SoftTargetDistillation(), LogitMatchingDistillation()  # take the automatic layer names
+    teacher, student = teacher_and_student()
+    x, y = batch(17)
+    distiller = keras_kd.Distiller(teacher, student, [
+        SoftTargetDistillation(2.0), SoftTargetDistillation(8.0), LogitMatchingDistillation(),
+        LogitMatchingDistillation(name="lm")])
+    distiller.compile(keras.optimizers.SGD(0.0), loss=hard_loss())
+    logs = distiller.test_on_batch(x, y, return_dict=True)
+    assert set(logs) == {"loss", "student_loss", "distillation_loss",
+                         "soft_target_distillation_loss", "soft_target_distillation_1_loss",
+                         "logit_matching_distillation_loss", "lm_loss"}
+    t, s = np_mlp(teacher, x), np_mlp(student, x)
+    np.testing.assert_allclose(logs["soft_target_distillation_loss"], np_kl(t, s, 2.0).mean(),
+                               atol=1e-5)
+    np.testing.assert_allclose(logs["soft_target_distillation_1_loss"],
+                               np_kl(t, s, 8.0).mean(), atol=1e-5)
+
+
+def test_fixed_weighting_config_round_trip():
+    weighting = keras_kd.FixedWeighting([0.25, 2.0], name="w")
+    weighting.weights_variable.assign([0.5, 1.5])  # scheduled values are saved
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(weighting))
+    assert isinstance(again, keras_kd.FixedWeighting) and again.num_paths == 2
+    np.testing.assert_allclose(to_np(again.weights_variable), [0.5, 1.5])
+    paths = np.array([[1.0, 2.0], [3.0, 4.0]], "float32")
+    np.testing.assert_allclose(to_np(again(paths)), [3.5, 7.5], atol=1e-6)
 
 
 def test_get_config_from_config_round_trip():
@@ -596,3 +626,20 @@ def test_dataset_without_labels_raises_when_alpha_positive():
     _fit_must_fail_without_changing_weights(
         distiller, student, x, pattern="no labels.*student_loss_weight"
     )
+
+
+def test_probability_loss_on_a_logits_student_warns():
+    teacher, student = teacher_and_student()
+    distiller = keras_kd.Distiller(teacher, student)
+    with pytest.warns(UserWarning, match="(?s)from_logits=False.*student_logits"):
+        distiller.compile("sgd", loss="sparse_categorical_crossentropy")
+    with pytest.warns(UserWarning, match="from_logits"):
+        distiller.compile("sgd", loss=keras.losses.CategoricalCrossentropy())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distiller.compile("sgd", loss=hard_loss())  # from_logits=True: fine
+        softmax_student = keras.Model(student.input, keras.layers.Softmax()(student.output))
+        keras_kd.Distiller(teacher, softmax_student).compile(
+            "sgd", loss="sparse_categorical_crossentropy")  # probabilities: fine

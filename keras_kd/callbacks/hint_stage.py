@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
 
+from keras_kd.distiller import Distiller
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.weighting import FixedWeighting
 
 HINT_STAGE, FULL_STAGE = 1, 2
+
+# Layers a HintStage froze, with their original `trainable`. Kept across callback instances so a
+# `fit` retried in the same process after an exception in stage 1 (no `on_train_end`) still
+# knows which layers it must unfreeze.
+_FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Distiller -> (student_loss_weight, fixed path weights) configured before stage 1, likewise.
+_OBJECTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _guided_tensor(student: keras.Model, tap):
@@ -27,7 +37,10 @@ class HintStage(keras.callbacks.Callback):
     weighting are made non-trainable (so their variables, BatchNormalization statistics
     included, do not change). From epoch `epochs` on (stage 2) the configured objective and
     trainability are restored. The stage is derived from the epoch number at each epoch start,
-    so a run resumed by `keras.callbacks.BackupAndRestore` continues in the right stage.
+    so a run resumed by `keras.callbacks.BackupAndRestore` continues in the right stage (the
+    configured objective is read when `fit` attaches the callback, before a backup written
+    during stage 1 is loaded; a `fit` retried in the same process after an exception is
+    handled too).
 
     Keras traces the train step once, so the callback rebuilds it (`make_train_function(
     force=True)`) whenever the stage changes; this costs one retrace per switch.
@@ -79,9 +92,25 @@ class HintStage(keras.callbacks.Callback):
         self.verbose = verbose
         self.stage = None
         self._frozen = []
-        self._trainable = {}
 
     # ------------------------------------------------------------------ setup
+    def set_model(self, model):
+        super().set_model(model)
+        # Read the configured objective here, before `BackupAndRestore.on_train_begin` can load
+        # checkpointed schedule variables that hold stage-1 values (0 and a one-hot).
+        if isinstance(model, Distiller) and model not in _OBJECTIVE:
+            _OBJECTIVE[model] = self._objective(model)
+
+    @staticmethod
+    def _objective(model):
+        weighting = model.path_weighting
+        weights = (
+            keras.ops.convert_to_numpy(weighting.weights_variable).copy()
+            if isinstance(weighting, FixedWeighting)
+            else None
+        )
+        return float(keras.ops.convert_to_numpy(model.student_loss_weight)), weights
+
     def _index(self) -> int:
         for i, loss in enumerate(self.model.distillation_losses):
             if loss is self.hint:
@@ -109,13 +138,6 @@ class HintStage(keras.callbacks.Callback):
         frozen += [loss for loss in model.distillation_losses if loss is not self.hint]
         frozen.append(weighting)
         self._frozen = frozen
-        self._trainable = {id(layer): layer.trainable for layer in frozen}
-        self._alpha = float(keras.ops.convert_to_numpy(model.student_loss_weight))
-        self._weights = (
-            keras.ops.convert_to_numpy(weighting.weights_variable).copy()
-            if isinstance(weighting, FixedWeighting)
-            else None
-        )
         if model.optimizer is not None and not model.optimizer.built:
             # Build for every variable now, so stage 2 can update the ones frozen in stage 1.
             model.optimizer.build(model.trainable_variables)
@@ -125,20 +147,28 @@ class HintStage(keras.callbacks.Callback):
     def _enter_hint_stage(self) -> None:
         model = self.model
         for layer in self._frozen:
+            if layer not in _FROZEN:
+                _FROZEN[layer] = layer.trainable
             layer.trainable = False
+        weighting = model.path_weighting
+        if model not in _OBJECTIVE:
+            _OBJECTIVE[model] = self._objective(model)
         model.student_loss_weight.assign(0.0)
-        if self._weights is not None:
-            one_hot = np.zeros_like(self._weights)
+        if isinstance(weighting, FixedWeighting):
+            one_hot = np.zeros(weighting.num_paths, dtype="float32")
             one_hot[self._hint_index] = 1.0
-            model.path_weighting.weights_variable.assign(one_hot)
+            weighting.weights_variable.assign(one_hot)
 
     def _restore(self) -> None:
         model = self.model
         for layer in self._frozen:
-            layer.trainable = self._trainable[id(layer)]
-        model.student_loss_weight.assign(self._alpha)
-        if self._weights is not None:
-            model.path_weighting.weights_variable.assign(self._weights)
+            if layer in _FROZEN:
+                layer.trainable = _FROZEN.pop(layer)
+        if model in _OBJECTIVE:
+            alpha, weights = _OBJECTIVE.pop(model)
+            model.student_loss_weight.assign(alpha)
+            if weights is not None:
+                model.path_weighting.weights_variable.assign(weights)
 
     def _reset_optimizer(self) -> None:
         optimizer = self.model.optimizer

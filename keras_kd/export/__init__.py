@@ -21,6 +21,7 @@ from keras_kd.export.optimize import (
     quantization_aware_distillation,
     teacher_logits_of,
 )
+from keras_kd.export.report import deployment_report, markdown_table
 from keras_kd.export.tf_keras_bridge import (
     TRANSLATABLE_LAYERS,
     UntranslatableLayerError,
@@ -35,10 +36,12 @@ __all__ = [
     "UntranslatableLayerError",
     "calibrate_activation_ranges",
     "calibration_examples",
+    "deployment_report",
     "distillation_loss_fn",
     "evaluate_tflite",
     "float_compute_tensors",
     "kernel_sparsity",
+    "markdown_table",
     "median_latency_ms",
     "pack_targets",
     "pruning_distillation",

@@ -196,7 +196,8 @@ def calibrate_activation_ranges(
     count = 0
     for j, name in enumerate(names):
         for variable, end in targets[name]:
-            variable.assign(tf.fill(variable.shape, lows[j] if end == "min" else highs[j]))
+            value = lows[j] if end == "min" else highs[j]
+            variable.assign(np.full(variable.shape, value, dtype=np.float32))
             count += 1
     return count
 

@@ -19,11 +19,15 @@ from keras_kd import losses as kd_losses
 from keras_kd.distiller import Distiller
 
 MANIFEST = "manifest.json"
-DEFAULT_COMPILE = {
-    "optimizer": "adam",
-    "loss": "sparse_categorical_crossentropy",
-    "metrics": ["accuracy"],
-}
+
+
+def default_compile() -> dict:
+    """Adam, cross-entropy on integer labels and logits, accuracy."""
+    return {
+        "optimizer": "adam",
+        "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "metrics": ["accuracy"],
+    }
 
 
 @dataclasses.dataclass
@@ -104,7 +108,7 @@ def make_distiller(teacher, student, distiller_kwargs: dict | None, losses=None)
 
 
 def compile_distiller(distiller: Distiller, compile_kwargs: dict | None) -> None:
-    kwargs = dict(DEFAULT_COMPILE)
+    kwargs = default_compile()
     kwargs.update(compile_kwargs or {})
     if isinstance(kwargs.get("optimizer"), keras.optimizers.Optimizer):
         kwargs["optimizer"] = _copy(kwargs["optimizer"])  # one optimizer per student

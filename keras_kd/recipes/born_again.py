@@ -51,7 +51,7 @@ def born_again(
         ensemble_previous: teach generation `k + 1` with the ensemble of generations `0..k`.
         distiller_kwargs: `Distiller` keyword arguments, one dict or one per generation.
         compile_kwargs: `Distiller.compile` arguments, one dict or one per generation (default
-            adam, sparse categorical cross-entropy, accuracy).
+            adam, `SparseCategoricalCrossentropy(from_logits=True)`, accuracy).
         callbacks: `None` or a list with one list of callbacks per generation.
         work_dir: directory for resuming; `None` keeps nothing on disk.
         **fit_kwargs: passed to every `fit` (`validation_data`, `verbose`, ...).

@@ -94,6 +94,12 @@ def _hard_loss() -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
+def _adam(learning_rate: float, epochs: int, num_examples: int, batch_size: int):
+    """Adam with the learning rate cosine-decayed to 0 over the run (steadier final epochs)."""
+    steps = epochs * -(-num_examples // batch_size)
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
+
+
 def _ordered(x, y, batch_size: int, seed: int, augment=None) -> tf.data.Dataset:
     """Shuffled each epoch in a seed-determined order, identical across runs with one seed."""
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
@@ -128,7 +134,7 @@ def train_classifier(
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
     verbose: int = 0,
 ) -> dict[str, list[float]]:
-    """Trains a logits classifier on hard labels with Adam; returns its history.
+    """Trains a logits classifier on hard labels with cosine-decayed Adam; returns its history.
 
     Args:
         model: a model that outputs logits.
@@ -145,7 +151,7 @@ def train_classifier(
     """
     x, y = _check_arrays("train_data", train_data)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=_adam(learning_rate, epochs, len(x), batch_size),
         loss=_hard_loss(),
         metrics=["accuracy"],
     )
@@ -157,6 +163,7 @@ def train_classifier(
             else None
         ),
         epochs=epochs,
+        shuffle=False,  # the dataset is already shuffled in a seed-determined order
         verbose=verbose,
     )
     return history.history
@@ -183,7 +190,8 @@ def scratch_vs_distilled(
 
     Both students are built by `student_factory` after `keras.utils.set_random_seed(seed)`,
     the second receives the first one's initial weights, and both are trained with Adam
-    (`learning_rate`) for `epochs` on `train_data` shuffled in the same seed-determined order.
+    (`learning_rate`, cosine-decayed to 0 over the run) for `epochs` on `train_data` shuffled
+    in the same seed-determined order.
     The scratch student minimises cross-entropy on the labels; the distilled one
     `alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))` through
     `keras_kd.Distiller`, with the teacher's logits computed once up front
@@ -200,7 +208,7 @@ def scratch_vs_distilled(
         student_loss_weight: `alpha`, the weight of the hard-label loss in the distilled run.
         epochs: epochs of each student run.
         batch_size: batch size of every run.
-        learning_rate: Adam learning rate of every run.
+        learning_rate: initial Adam learning rate of every run (cosine decay to 0).
         teacher_epochs: if > 0, `teacher` is first trained on `train_data` for that many epochs
             (use 0 for an already trained teacher).
         teacher_augment: optional batch-wise input transform for the teacher's training only
@@ -230,11 +238,14 @@ def scratch_vs_distilled(
     """
     x_train, y_train = _check_arrays("train_data", train_data)
     x_test, y_test = _check_arrays("test_data", test_data)
-    for arg, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
-    if isinstance(teacher_epochs, bool) or not isinstance(teacher_epochs, int) or teacher_epochs < 0:
-        raise ValueError(f"teacher_epochs must be a non-negative integer, got {teacher_epochs!r}.")
+    for arg, value, minimum in (
+        ("epochs", epochs, 1),
+        ("batch_size", batch_size, 1),
+        ("teacher_epochs", teacher_epochs, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            kind = "a positive" if minimum else "a non-negative"
+            raise ValueError(f"{arg} must be {kind} integer, got {value!r}.")
 
     scratch_dir = None
     if output_dir is None:
@@ -264,8 +275,15 @@ def scratch_vs_distilled(
         if teacher_epochs:
             keras.utils.set_random_seed(seed)
             teacher_history = train_classifier(
-                teacher, (x_train, y_train), (x_test, y_test), teacher_epochs, batch_size,
-                learning_rate, seed, teacher_augment, verbose,
+                teacher,
+                (x_train, y_train),
+                (x_test, y_test),
+                teacher_epochs,
+                batch_size,
+                learning_rate,
+                seed,
+                teacher_augment,
+                verbose,
             )
         teacher_seconds = time.perf_counter() - start
         teacher_size = _saved_size(teacher, out / "teacher.keras")
@@ -281,8 +299,15 @@ def scratch_vs_distilled(
         keras.utils.set_random_seed(seed)
         start = time.perf_counter()
         scratch_history = train_classifier(
-            scratch, (x_train, y_train), (x_test, y_test), epochs, batch_size, learning_rate,
-            seed, None, verbose,
+            scratch,
+            (x_train, y_train),
+            (x_test, y_test),
+            epochs,
+            batch_size,
+            learning_rate,
+            seed,
+            None,
+            verbose,
         )
         scratch_seconds = time.perf_counter() - start
 
@@ -297,7 +322,7 @@ def scratch_vs_distilled(
             student_loss_weight=student_loss_weight,
         )
         distiller.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
+            optimizer=_adam(learning_rate, epochs, len(x_train), batch_size),
             loss=_hard_loss(),
             metrics=["accuracy"],
         )
@@ -307,6 +332,7 @@ def scratch_vs_distilled(
             .prefetch(tf.data.AUTOTUNE),
             validation_data=cached_test.batch(1000),
             epochs=epochs,
+            shuffle=False,
             verbose=verbose,
         ).history
         distilled_seconds = time.perf_counter() - start
@@ -327,12 +353,23 @@ def scratch_vs_distilled(
             )
 
         return ScratchVsDistilledResult(
-            teacher=summary("teacher", teacher, teacher_history, teacher_seconds,
-                            "teacher.keras", teacher_size),
-            scratch=summary("student (scratch)", scratch, scratch_history, scratch_seconds,
-                            "student_scratch.keras"),
-            distilled=summary("student (distilled)", distilled, distilled_history,
-                              distilled_seconds, "student.keras"),
+            teacher=summary(
+                "teacher", teacher, teacher_history, teacher_seconds, "teacher.keras", teacher_size
+            ),
+            scratch=summary(
+                "student (scratch)",
+                scratch,
+                scratch_history,
+                scratch_seconds,
+                "student_scratch.keras",
+            ),
+            distilled=summary(
+                "student (distilled)",
+                distilled,
+                distilled_history,
+                distilled_seconds,
+                "student.keras",
+            ),
             settings=settings,
             num_test_examples=len(x_test),
         )

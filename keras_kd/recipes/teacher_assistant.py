@@ -44,7 +44,7 @@ def teacher_assistant_chain(
             `student_loss_weight`, ...) for every step, or a list with one dict per step. Loss
             objects are copied for each step, so adapters never carry over.
         compile_kwargs: `Distiller.compile` arguments, one dict or one per step; default
-            `optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]`.
+            `optimizer="adam"`, `SparseCategoricalCrossentropy(from_logits=True)`, `["accuracy"]`.
             An optimizer instance is copied for each step.
         callbacks: `None` or a list with one list of callbacks per step.
         work_dir: directory for resuming (see above); `None` keeps nothing on disk.

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from keras_kd.export import (
+    calibrate_activation_ranges,
     distillation_loss_fn,
     evaluate_tflite,
     float_compute_tensors,
@@ -20,6 +21,7 @@ from keras_kd.export import (
     pruning_distillation,
     quantization_aware_distillation,
     teacher_logits_of,
+    to_tf_keras,
     to_tflite,
 )
 from keras_kd.losses.functional import soft_target_kl
@@ -81,6 +83,25 @@ def test_teacher_logits_undo_a_final_softmax():
         teacher_logits_of(with_softmax, x), keras.Model(inputs, logits).predict(x, verbose=0),
         atol=1e-5,
     )
+
+
+def test_calibration_sets_ranges_from_float_activations(student, mnist):
+    from keras_kd.export.optimize import _import_tfmot
+
+    tfmot = _import_tfmot()
+    x = mnist[0][:256]
+    float_model = to_tf_keras(student)
+    qat = tfmot.quantization.keras.quantize_model(float_model)
+    # tfmot's initial guess, which short fine-tuning barely moves (EMA decay 0.999).
+    logit_range = {v.name.split("/")[-1][:-2]: v for v in qat.layers[-1].non_trainable_weights}
+    assert float(logit_range["post_activation_max"].numpy()) == 6.0
+    count = calibrate_activation_ranges(qat, float_model, x, batch_size=256, num_batches=1)
+    assert count == 8  # (min, max) of: ReLU output, conv2d_1, dense, dense_1 (logits)
+    logits = student.predict(x, verbose=0)
+    np.testing.assert_allclose(logit_range["post_activation_min"].numpy(),
+                               min(logits.min(), 0.0), rtol=1e-5)
+    np.testing.assert_allclose(logit_range["post_activation_max"].numpy(),
+                               max(logits.max(), 0.0), rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -160,25 +181,36 @@ _UNGUARDED = textwrap.dedent(
 )
 
 
-def _run(code: str, *args: str) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def fresh_processes(tmp_path_factory):
+    """Starts both fresh-process checks at once (imports dominate their time)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
-        timeout=300,
-    )
+    out = tmp_path_factory.mktemp("fresh") / "q.tflite"
+
+    def start(code, *args):
+        return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    processes = {"guarded": start(_IN_SUBPROCESS, str(out)), "unguarded": start(_UNGUARDED)}
+    yield processes, out
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
 
 
-def test_qat_path_leaves_tf_keras_as_keras3(tmp_path):
+def test_qat_path_leaves_tf_keras_as_keras3(fresh_processes):
     # In a fresh process: nothing lazy is imported by `import keras_kd`, and after the QAT path
     # `tf.keras` / `keras` are still Keras 3 and TF_USE_LEGACY_KERAS is unset again.
-    result = _run(_IN_SUBPROCESS, str(tmp_path / "q.tflite"))
-    assert "KERAS3_OK" in result.stdout, result.stderr[-3000:]
-    assert (tmp_path / "q.tflite").stat().st_size > 0
+    processes, out = fresh_processes
+    stdout, stderr = processes["guarded"].communicate(timeout=300)
+    assert "KERAS3_OK" in stdout, stderr[-3000:]
+    assert out.stat().st_size > 0
 
 
-def test_unguarded_tfmot_import_does_switch_tf_keras():
+def test_unguarded_tfmot_import_does_switch_tf_keras(fresh_processes):
     # Control: the hazard the guard removes is real - a bare tfmot import rebinds tf.keras.
-    result = _run(_UNGUARDED)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "tf_keras" in result.stdout, result.stdout
+    processes, _ = fresh_processes
+    stdout, stderr = processes["unguarded"].communicate(timeout=300)
+    assert processes["unguarded"].returncode == 0, stderr[-3000:]
+    assert "tf_keras" in stdout, stdout

@@ -38,7 +38,7 @@ class RecordTeacher(keras.callbacks.Callback):
 
 def _gen0():
     model = make_student()
-    model.compile("adam", "sparse_categorical_crossentropy")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(_data(), epochs=1, verbose=0)
     return model
 

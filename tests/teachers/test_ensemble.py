@@ -179,7 +179,7 @@ def test_distiller_with_ensemble_teacher_live_and_cached_agree_and_teachers_stay
             keras_kd.SoftTargetDistillation(4.0),
             student_loss_weight=0.5,
         )
-        distiller.compile("sgd", loss="sparse_categorical_crossentropy")
+        distiller.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         if cached:
             data = keras_kd.cache_teacher_logits(ens, x, y).batch(16)
         else:

@@ -146,7 +146,7 @@ def test_distiller_trains_from_specialists_live_or_cached():
         distiller = keras_kd.Distiller(
             teacher if live else None, student, keras_kd.SoftTargetDistillation(4.0)
         )
-        distiller.compile(loss="sparse_categorical_crossentropy")
+        distiller.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         if live:
             data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
         else:
