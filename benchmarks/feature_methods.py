@@ -39,6 +39,7 @@ from absl import app, flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+from _feature_models import student_model, teacher_model  # noqa: E402
 
 import keras_kd  # noqa: E402
 from keras_kd import losses as kd_losses  # noqa: E402
@@ -75,32 +76,6 @@ def _data():
     x_test = read_idx(_DATA_DIR / "t10k-images-idx3-ubyte.gz").astype("float32")[..., None] / 255
     y_test = read_idx(_DATA_DIR / "t10k-labels-idx1-ubyte.gz").astype("int64")
     return x, y, x_test, y_test
-
-
-def _cnn(prefix: str, widths: tuple[int, int, int], embed: int) -> keras.Model:
-    """conv-BN-ReLU blocks (ReLU as its own layer so pre-ReLU features can be tapped)."""
-    inputs = keras.Input((28, 28, 1))
-    h = inputs
-    for i, width in enumerate(widths, start=1):
-        h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                name=f"{prefix}conv{i}")(h)
-        # momentum 0.9: the moving statistics settle within the short budgets used here
-        h = keras.layers.BatchNormalization(momentum=0.9, name=f"{prefix}bn{i}")(h)
-        h = keras.layers.ReLU(name=f"{prefix}relu{i}")(h)
-        if i < len(widths):
-            h = keras.layers.MaxPooling2D(name=f"{prefix}pool{i}")(h)
-    h = keras.layers.Flatten(name=f"{prefix}flatten")(h)
-    h = keras.layers.Dense(embed, activation="relu", name=f"{prefix}embed")(h)
-    outputs = keras.layers.Dense(10, name=f"{prefix}logits")(h)
-    return keras.Model(inputs, outputs, name=f"{prefix}cnn")
-
-
-def teacher_model() -> keras.Model:
-    return _cnn("t_", (32, 64, 128), 128)
-
-
-def student_model() -> keras.Model:
-    return _cnn("s_", (8, 16, 32), 32)
 
 
 def _teacher(x, y, x_test, y_test) -> tuple[keras.Model, float]:

@@ -34,8 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _feature_models import student_model, teacher_model  # noqa: E402
 from _timing import interleaved_medians, time_run  # noqa: E402
-from feature_methods import student_model, teacher_model  # noqa: E402
 
 import keras_kd  # noqa: E402
 from keras_kd import losses as kd_losses  # noqa: E402

@@ -1,7 +1,8 @@
 r"""Several teachers on Fashion-MNIST: TA chain, ensemble of teachers, born-again generations.
 
 A scaled-down version of the plain-CNN setting of Mirzadeh et al. 2020 (TAKD): a 10-conv-layer
-teacher, a 4-conv assistant and a 2-conv student (3x3 convs + BN + ReLU, max pooling). For each
+teacher (8-16-32 channels, global average pooling), a 4-conv assistant (8-16) and a 2-conv
+student (8-16), both with a flatten + dense head (3x3 convs + BN + ReLU, max pooling). For each
 seed, on the same training subset and with the same number of epochs for every training step:
 
   teachers        three 10-conv teachers trained on the labels (different initialisations);
@@ -48,8 +49,8 @@ from keras_kd.recipes import born_again, teacher_assistant_chain  # noqa: E402
 from keras_kd.teachers import Ensemble  # noqa: E402
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (initialisations, data order).")
-_EPOCHS = flags.DEFINE_integer("epochs", 4, "Epochs of every training step.")
-_TRAIN = flags.DEFINE_integer("train_examples", 10000, "Training subset size.")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs of every training step.")
+_TRAIN = flags.DEFINE_integer("train_examples", 8000, "Training subset size.")
 _VAL = flags.DEFINE_integer("val_examples", 5000, "Held-out training images (teacher choice).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 4.0, "Soft-target temperature.")
@@ -86,8 +87,8 @@ def load_data():
     return (prep(x[train]), y[train]), (prep(x[val]), y[val]), (prep(x_test), y_test)
 
 
-def plain_cnn(channels: list, name: str) -> keras.Model:
-    """3x3 conv + BN + ReLU per int entry, "pool" = 2x2 max pooling; GAP + Dense(10) head."""
+def plain_cnn(channels: list, name: str, flatten: bool) -> keras.Model:
+    """3x3 conv + BN + ReLU per int entry, "pool" = 2x2 max pooling; Flatten or GAP + Dense."""
     inputs = keras.Input((28, 28, 1))
     h = inputs
     for c in channels:
@@ -97,20 +98,20 @@ def plain_cnn(channels: list, name: str) -> keras.Model:
             h = keras.layers.Conv2D(c, 3, padding="same", use_bias=False)(h)
             h = keras.layers.BatchNormalization(momentum=0.9)(h)
             h = keras.layers.ReLU()(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Flatten()(h) if flatten else keras.layers.GlobalAveragePooling2D()(h)
     return keras.Model(inputs, keras.layers.Dense(10)(h), name=name)
 
 
 def teacher_cnn(name):  # 10 conv layers
-    return plain_cnn([8, 8, "pool", 16, 16, 16, "pool", 32, 32, 32, 32, 32], name)
+    return plain_cnn([8, 8, "pool", 16, 16, 16, "pool", 32, 32, 32, 32, 32], name, flatten=False)
 
 
 def assistant_cnn(name):  # 4 conv layers
-    return plain_cnn([8, 8, "pool", 16, 16, "pool"], name)
+    return plain_cnn([8, 8, "pool", 16, 16, "pool"], name, flatten=True)
 
 
 def student_cnn(name="student"):  # 2 conv layers
-    return plain_cnn([8, "pool", 16, "pool"], name)
+    return plain_cnn([8, "pool", 16, "pool"], name, flatten=True)
 
 
 def accuracy(model, x, y) -> float:

@@ -1,4 +1,4 @@
-r"""Distill step vs student step: how much a `keras_kd.Distiller` step costs over plain training.
+"""Distill step vs student step: how much a `keras_kd.Distiller` step costs over plain training.
 
 Everything runs in one process on the same teacher and student (a CNN teacher about 10x the
 student's multiply-adds) over the same batches of 28x28x1 images. Each measurement is one whole
@@ -10,7 +10,7 @@ Ratios (targets from issue 2):
   1. keras_kd distill step / student-only step (`student.compile(...).fit`)
   2. keras_kd distill step / (student step + teacher forward)                      target <= 1.05
   3. keras_kd cached-logits distill step / student-only step                       target <= 1.10
-  4. the same for `keras.distillation.Distiller` (Keras >= 3.12; it has no cached mode)
+  4. the same for `keras.distillation.Distiller` (it has no cached mode)
 plus the XLA (`jit_compile=True`) distill step vs the default, and a `mixed_bfloat16` teacher
 forward vs float32.
 
@@ -228,6 +228,7 @@ def main(argv):
         return out
 
     wall, cpu = ratios("wall"), ratios("cpu")
+    contended = max(os.getloadavg()) > (os.cpu_count() or 1)
     na = "n/a"
     data = (f"the first {n} Fashion-MNIST training images" if _DATA.value == "fashion_mnist"
             else f"the first {n} MNIST training images" if _DATA.value == "mnist"
@@ -242,7 +243,9 @@ def main(argv):
         f"{teacher.count_params():,} params / {_macs(teacher):,} MACs per example, student "
         f"{student.count_params():,} params / {_macs(student):,} MACs (random weights: speed "
         f"only). Medians of {_REPEATS.value} interleaved epochs; wall-clock ratio (process-CPU "
-        "ratio in brackets).",
+        "ratio in brackets)."
+        + (" The load average exceeded the CPU count: the wall-clock ratios are unreliable, "
+           "trust the CPU ratios." if contended else ""),
         "",
         "| ratio | keras_kd | keras.distillation | target |",
         "|---|---:|---:|---:|",

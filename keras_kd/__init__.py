@@ -8,6 +8,7 @@ methods, `keras_kd.callbacks` the schedules, `keras_kd.teachers` the teacher sig
 __version__ = "0.1.0"
 
 from keras_kd import (
+    adapters,
     callbacks,
     datasets,
     export,
@@ -21,13 +22,15 @@ from keras_kd import (
 from keras_kd.distiller import Distiller
 from keras_kd.losses import LogitMatchingDistillation, SoftTargetDistillation
 from keras_kd.teachers import cache_teacher_logits, cache_teacher_outputs
-from keras_kd.weighting import FixedWeighting, PathWeighting
+from keras_kd.weighting import FixedWeighting, PathWeighting, UncertaintyWeighting
 
 __all__ = [
     "Distiller",
     "FixedWeighting",
     "LogitMatchingDistillation",
     "PathWeighting",
+    "UncertaintyWeighting",
+    "adapters",
     "SoftTargetDistillation",
     "__version__",
     "cache_teacher_logits",

@@ -33,7 +33,8 @@ class ModelSummary:
     Attributes:
         name: `"teacher"`, `"student (scratch)"` or `"student (distilled)"`.
         params: number of weights (`model.count_params()`).
-        file_size: bytes of the saved `.keras` file.
+        file_size: bytes of the saved `.keras` file (weights and architecture, no optimizer
+            state).
         test_accuracy: accuracy on the test set after the last epoch.
         test_errors: number of misclassified test examples.
         path: where the model was saved, or `None` if it was only measured.
@@ -119,7 +120,14 @@ def evaluate_errors(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size
 
 
 def _saved_size(model: keras.Model, path: Path) -> int:
-    model.save(path)
+    """Saves `model` without optimizer state (as deployed) and returns the file size.
+
+    A compiled model would also store its optimizer's slots (2x the weights for Adam), which
+    the student trained inside a `Distiller` lacks; an uncompiled clone is saved instead.
+    """
+    clone = model.__class__.from_config(model.get_config())  # not compiled, unlike clone_model
+    clone.set_weights(model.get_weights())
+    clone.save(path)
     return path.stat().st_size
 
 

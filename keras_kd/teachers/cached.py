@@ -15,18 +15,33 @@ CACHE_INPUTS_KEY = "inputs"
 CACHE_OUTPUTS_KEY = "teacher_outputs"
 
 
-def _as_dataset(data, y, sample_weight, batch_size: int) -> tf.data.Dataset:
+def _is_batched(dataset: tf.data.Dataset, teacher: keras.Model | None) -> bool:
+    """Whether the dataset's elements already carry a batch axis.
+
+    For a single-input graph teacher the input rank decides (a `batch(..., drop_remainder=True)`
+    dataset has a static batch size); otherwise an unknown leading dimension means batched.
+    """
+    spec = dataset.element_spec
+    first = tf.nest.flatten(spec[0] if isinstance(spec, tuple) else spec)[0]
+    rank = first.shape.rank
+    try:
+        inputs = teacher.inputs if teacher is not None else None
+    except (AttributeError, ValueError):
+        inputs = None
+    if rank is not None and inputs and len(inputs) == 1:
+        return rank == len(inputs[0].shape)
+    return bool(rank) and first.shape[0] is None
+
+
+def _as_dataset(
+    data, y, sample_weight, batch_size: int, teacher: keras.Model | None = None
+) -> tf.data.Dataset:
     if isinstance(data, tf.data.Dataset):
         if y is not None or sample_weight is not None:
             raise ValueError(
                 "Pass y / sample_weight only with array inputs, not a tf.data.Dataset."
             )
-        spec = data.element_spec
-        first = spec[0] if isinstance(spec, tuple) else spec
-        batched = isinstance(first, tf.TensorSpec) and len(first.shape) > 0 and (
-            first.shape[0] is None
-        )
-        return data if batched else data.batch(batch_size)
+        return data if _is_batched(data, teacher) else data.batch(batch_size)
     arrays = (data,) if y is None else (data, y)
     if sample_weight is not None:
         if y is None:
@@ -75,7 +90,7 @@ def cache_teacher_outputs(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     extractor = FeatureExtractor(teacher, tuple(taps), "teacher")
-    dataset = _as_dataset(data, y, sample_weight, batch_size)
+    dataset = _as_dataset(data, y, sample_weight, batch_size, teacher)
 
     @tf.function(reduce_retracing=True)
     def forward(x):

@@ -157,3 +157,20 @@ def test_cache_argument_errors():
         keras_kd.cache_teacher_logits(teacher, x, None, SAMPLE_WEIGHT)
     with pytest.raises(ValueError, match="empty"):
         keras_kd.cache_teacher_logits(teacher, x[:0])
+
+
+@pytest.mark.parametrize("form", ["unbatched", "batched", "batched_drop_remainder"])
+def test_cache_accepts_batched_and_unbatched_datasets(form):
+    teacher, _ = mlp(16, "teacher")
+    x, y = data(6)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if form == "batched":
+        dataset = dataset.batch(3)
+    elif form == "batched_drop_remainder":  # static batch size in the element spec
+        dataset = dataset.batch(4, drop_remainder=True)
+    cached = keras_kd.cache_teacher_logits(teacher, dataset)
+    features, labels = next(iter(cached.batch(2 * BATCH)))
+    np.testing.assert_array_equal(features["inputs"].numpy(), x)
+    np.testing.assert_array_equal(labels.numpy(), y)
+    np.testing.assert_allclose(features["teacher_outputs"][0].numpy(), to_np(teacher(x)),
+                               atol=1e-6)
