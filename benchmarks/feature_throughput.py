@@ -18,7 +18,7 @@ Runs:
 
 Usage:
   python benchmarks/feature_throughput.py            # ~3 min on 2 quiet cores
-  python benchmarks/feature_throughput.py --examples=3200 --repeats=3
+  python benchmarks/feature_throughput.py --single_thread   # CPU-time ratios on a busy machine
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ _EXAMPLES = flags.DEFINE_integer("examples", 6400, "Examples per timed epoch.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed epochs per run (median reported).")
 _KERAS = flags.DEFINE_bool("keras_distiller", True, "Also time keras.distillation.Distiller.")
+_SINGLE_THREAD = flags.DEFINE_bool(
+    "single_thread", False,
+    "Run TensorFlow on one intra-op and one inter-op thread, so process CPU time measures the "
+    "work done (no idle spinning) even on a machine shared with other jobs.",
+)
 
 _DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion_mnist"
 _T = 4.0
@@ -68,6 +73,9 @@ def _fit_epoch(model: keras.Model, dataset: tf.data.Dataset):
 
 def main(argv):
     del argv
+    if _SINGLE_THREAD.value:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     keras.utils.set_random_seed(0)
     batch = _BATCH_SIZE.value
     n = (_EXAMPLES.value // batch) * batch
@@ -119,7 +127,8 @@ def main(argv):
     steps = n // batch
     print(f"\n{steps} steps of batch {batch} per epoch; medians of {_REPEATS.value} epochs; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"python {sys.version.split()[0]}, tf {tf.__version__}, keras {keras.__version__}\n")
+          f"python {sys.version.split()[0]}, tf {tf.__version__}, keras {keras.__version__}, "
+          f"single_thread={_SINGLE_THREAD.value}\n")
     print("| run | wall s / epoch | ms / step |")
     print("|---|---:|---:|")
     for name in runs:

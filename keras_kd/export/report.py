@@ -71,7 +71,7 @@ def _format(key, value) -> str:
     if key == "size_ratio":
         return f"{value:.3f}"
     if key == "max_abs_diff":
-        return f"{value:.2g}"
+        return f"{value:.3g}"
     if key == "latency_ms":
         return f"{value:.3f}"
     return str(value)

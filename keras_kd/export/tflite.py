@@ -29,11 +29,14 @@ def _is_tf_keras_model(model) -> bool:
 
 
 def _single_input_spec(model) -> tf.TensorSpec:
-    inputs = model.inputs
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
     if not inputs or len(inputs) != 1:
         raise ValueError(
-            f"to_tflite supports models with exactly one input; {model.name!r} has "
-            f"{len(inputs or [])}."
+            f"to_tflite supports built models with exactly one input; {model.name!r} has "
+            f"{len(inputs or [])} defined inputs (build it with keras.Input(...))."
         )
     shape = (None,) + tuple(inputs[0].shape[1:])
     return tf.TensorSpec(shape, tf.as_dtype(inputs[0].dtype), name="inputs")

@@ -145,7 +145,8 @@ def attention_map(features, p=2):
         raise ValueError(
             f"attention_map expects a (batch, H, W, C) feature map, got shape {tuple(x.shape)}."
         )
-    q = ops.mean(ops.power(ops.abs(x), p), axis=-1)
+    powered = ops.square(x) if p == 2 else ops.power(ops.abs(x), p)
+    q = ops.mean(powered, axis=-1)
     q = ops.reshape(q, (ops.shape(q)[0], -1))
     norm = ops.sqrt(ops.maximum(ops.sum(ops.square(q), axis=-1, keepdims=True), 1e-24))
     return q / norm

@@ -18,5 +18,5 @@ def test_markdown_table_rows_and_formats():
     assert lines[0].startswith("| variant | accuracy (%)")
     assert lines[2] == "| teacher float32 | 99.12 | — | — | — | 1000.0 | — | 900.0 | 0.500 | — |"
     assert lines[3] == (
-        "| student int8 | 98.50 | -0.25 | 99.50 | 0.12 | 30.0 | 0.260 | 20.0 | 0.012 | yes |"
+        "| student int8 | 98.50 | -0.25 | 99.50 | 0.123 | 30.0 | 0.260 | 20.0 | 0.012 | yes |"
     )
