@@ -23,7 +23,7 @@ train on cached teacher logits (exact here: no augmentation); the chain and born
 call their teachers live. The script prints a Markdown table (mean +- std over seeds).
 
 Usage:
-  python benchmarks/multi_teacher.py                       # 3 seeds, ~15 min on 2 quiet cores
+  python benchmarks/multi_teacher.py                       # 3 seeds, 8 CPU-minutes
   python benchmarks/multi_teacher.py --seeds=0 --epochs=2  # quick look
 """
 

@@ -5,6 +5,10 @@ identical copy (same initial weights, same batches, same epochs) with `keras_kd.
 writes `teacher.keras`, `student.keras` (distilled), `student_scratch.keras`, `report.md` and
 `report.png` into --output_dir. MNIST is built offline from the files shipped with keras_kd.
 
+Defaults: a 1.63M-parameter convnet teacher (3 epochs, ~99.0% test accuracy) and a 784-256-10
+MLP student (204k parameters, 10 epochs, T = 4, alpha = 0.1). Measured with seeds 0 and 1: the
+distilled student makes 189 and 189 test errors against 202 and 211 from scratch.
+
 Usage:
   python examples/distill_mnist.py --output_dir=/tmp/distill_mnist
   python examples/distill_mnist.py --teacher_path=/tmp/distill_mnist/teacher.keras \
@@ -28,7 +32,7 @@ _TEACHER_EPOCHS = flags.DEFINE_integer(
 _TEACHER_PATH = flags.DEFINE_string(
     "teacher_path", None, "A saved .keras teacher (logits) to use instead of training one."
 )
-_STUDENT_UNITS = flags.DEFINE_list("student_units", ["128"], "Hidden widths of the MLP student.")
+_STUDENT_UNITS = flags.DEFINE_list("student_units", ["256"], "Hidden widths of the MLP student.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/distill_mnist", "Where to write results.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TFDS data dir (default $KERAS_KD_DATA_DIR or ~/tensorflow_datasets)."
