@@ -7,7 +7,8 @@ writes `teacher.keras`, `student.keras` (distilled), `student_scratch.keras`, `r
 
 Defaults: a 1.63M-parameter convnet teacher (3 epochs, ~99.0% test accuracy) and a 784-256-10
 MLP student (204k parameters, 10 epochs, T = 4, alpha = 0.1). Measured with seeds 0 and 1: the
-distilled student makes 189 and 189 test errors against 202 and 211 from scratch.
+distilled student makes 191 and 189 test errors against 202 and 211 from scratch (a small but
+consistent gain); the seed-0 run took 3.6 min wall / 195 CPU-seconds on 2 shared cores.
 
 Usage:
   python examples/distill_mnist.py --output_dir=/tmp/distill_mnist

@@ -11,6 +11,8 @@ import keras_kd
 from keras_kd.losses import HintDistillation, SoftTargetDistillation
 from keras_kd.weighting import UncertaintyWeighting
 
+_SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
 
 def test_formula_and_gradient_match_numpy():
     weighting = UncertaintyWeighting(3, initial_log_variance=0.0)
@@ -57,7 +59,7 @@ def test_learned_weights_train_and_are_logged_each_epoch(tmp_path):
         teacher, student, [SoftTargetDistillation(), HintDistillation("t_conv", "s_conv")],
         distillation_loss_weights=weighting)
     assert any(v is weighting.log_variances for v in distiller.trainable_variables)
-    distiller.compile(keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    distiller.compile(keras.optimizers.SGD(0.1), loss=_SCE)
     x = np.random.default_rng(0).random((32, 6, 6, 1)).astype("float32")
     history = distiller.fit(x, np.arange(32) % 3, batch_size=16, epochs=2, verbose=0)
     names = [loss.name for loss in distiller.distillation_losses]

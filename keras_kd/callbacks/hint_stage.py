@@ -67,7 +67,8 @@ class HintStage(keras.callbacks.Callback):
     Example:
         >>> hint = keras_kd.losses.HintDistillation("teacher_mid", "student_mid")
         >>> distiller = keras_kd.Distiller(teacher, student, ["soft_target", hint])
-        >>> distiller.compile("adam", loss="sparse_categorical_crossentropy")
+        >>> distiller.compile(
+        ...     "adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         >>> distiller.fit(ds, epochs=12, callbacks=[keras_kd.callbacks.HintStage(hint, 2)])
 
     The stage is logged as `hint_stage` (1 or 2) each epoch.

@@ -28,13 +28,17 @@ class HintDistillation(DistillationLoss):
     Args:
         teacher_layer: name of the teacher's hint layer.
         student_layer: name of the student's guided layer.
-        regressor: `"auto"` (1x1 conv + BN for 4-D maps, resizing when spatial sizes differ;
-            Dense for vectors; identity when the shapes already match), `None` (identity, shapes
-            must match) or a `keras.layers.Layer` mapping the student shape to the teacher's.
+        regressor: `"auto"` (1x1 conv for 4-D maps, plus BatchNormalization when
+            `batch_norm=True`, resizing when spatial sizes differ; Dense for vectors; identity
+            when the shapes already match), `None` (identity, shapes must match) or a
+            `keras.layers.Layer` mapping the student shape to the teacher's.
             The regressor trains with the student and is not part of `distiller.student`.
         teacher_pre_activation: tap the input of the teacher layer (an activation layer).
         student_pre_activation: tap the input of the student layer (an activation layer).
-        batch_norm: whether the automatic regressor ends with BatchNormalization.
+        batch_norm: whether the automatic regressor ends with BatchNormalization. Off by
+            default: FitNets' regressor is a plain convolution (Romero et al. 2015, sec. 2.2);
+            the BN variant (as in Overhaul's connector) costs a normalisation of the
+            teacher-width map, forward and backward, every step.
 
     Returns (when called):
         `(batch,)` values `mean_k (r(v)_k - u_k)^2`.
@@ -57,7 +61,7 @@ class HintDistillation(DistillationLoss):
         regressor=AUTO,
         teacher_pre_activation: bool = False,
         student_pre_activation: bool = False,
-        batch_norm: bool = True,
+        batch_norm: bool = False,
         name: str | None = None,
         **kwargs,
     ):

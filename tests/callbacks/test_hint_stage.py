@@ -10,6 +10,8 @@ import keras_kd
 from keras_kd import losses as kd_losses
 from keras_kd.callbacks import HintStage
 
+_SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
 
 def _net(prefix: str, width: int) -> keras.Model:
     x = keras.Input((6, 6, 1))
@@ -40,7 +42,7 @@ def _build(teacher_weights=None):
     distiller = keras_kd.Distiller(
         teacher, student, [kd_losses.SoftTargetDistillation(), hint, other],
         distillation_loss_weights=[1.0, 0.5, 0.5], student_loss_weight=0.3)
-    distiller.compile(keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    distiller.compile(keras.optimizers.Adam(1e-2), loss=_SCE)
     return distiller, hint, other
 
 

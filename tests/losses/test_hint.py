@@ -10,6 +10,8 @@ import keras_kd
 from keras_kd.losses import HintDistillation
 from keras_kd.losses.functional import hint_mse
 
+_SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
 
 def _np_hint(t, s):
     t = t.reshape(len(t), -1).astype(np.float64)
@@ -51,6 +53,17 @@ def test_class_applies_the_regressor_then_mse():
     np.testing.assert_allclose(got, _np_hint(t, mapped), atol=1e-5)
 
 
+def test_auto_regressor_is_a_plain_conv_unless_batch_norm_is_asked():
+    # FitNets' regressor is a convolution without BatchNormalization (Romero et al. 2015).
+    plain = HintDistillation("t", "s")
+    plain.build([(None, 6, 6, 8)], [(None, 6, 6, 4)])
+    assert plain.regressor.norm is None and plain.regressor.conv.use_bias
+    with_bn = HintDistillation("t", "s", batch_norm=True)
+    with_bn.build([(None, 6, 6, 8)], [(None, 6, 6, 4)])
+    assert isinstance(with_bn.regressor.norm, keras.layers.BatchNormalization)
+    assert HintDistillation.from_config(with_bn.get_config()).batch_norm is True
+
+
 def test_identity_when_shapes_match_and_user_regressor():
     loss = HintDistillation("t", "s")
     loss.build([(None, 4)], [(None, 4)])
@@ -87,7 +100,7 @@ def test_regressor_trains_with_student_and_is_not_exported(tmp_path):
     assert regressor_vars and regressor_vars <= {id(v) for v in distiller.trainable_variables}
     assert not regressor_vars & {id(v) for v in student.weights}
     before = [keras.ops.convert_to_numpy(v).copy() for v in hint.regressor.weights]
-    distiller.compile("adam", loss="sparse_categorical_crossentropy")
+    distiller.compile("adam", loss=_SCE)
     x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
     distiller.fit(x, np.arange(16) % 3, batch_size=8, epochs=1, verbose=0)
     after = [keras.ops.convert_to_numpy(v) for v in hint.regressor.weights]
