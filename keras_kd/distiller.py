@@ -216,6 +216,13 @@ class Distiller(keras.Model):
 
         teacher_taps = _unique([t for loss in loss_objects for t in loss.teacher_features()])
         student_taps = _unique([t for loss in loss_objects for t in loss.student_features()])
+        if teacher is None and any(tap != LOGITS for tap in teacher_taps):
+            raise ValueError(
+                "teacher=None works only with losses on logits, but the distillation_losses "
+                f"tap teacher layers {[t.describe() for t in teacher_taps if t != LOGITS]}. "
+                "Pass the teacher model (its adapters are sized from its layers); batches "
+                "with cached teacher outputs still skip the teacher call."
+            )
         self._teacher_taps = tuple(teacher_taps)
         self._tap_index = [
             (

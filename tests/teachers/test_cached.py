@@ -174,3 +174,10 @@ def test_cache_accepts_batched_and_unbatched_datasets(form):
     np.testing.assert_array_equal(labels.numpy(), y)
     np.testing.assert_allclose(features["teacher_outputs"][0].numpy(), to_np(teacher(x)),
                                atol=1e-6)
+
+
+def test_teacher_none_with_feature_losses_raises_before_training():
+    student, _ = mlp(6, "student")
+    hint = keras_kd.losses.HintDistillation("teacher_hidden", student.layers[1].name)
+    with pytest.raises(ValueError, match="teacher=None works only with losses on logits"):
+        keras_kd.Distiller(None, student, [hint])
