@@ -313,9 +313,10 @@ def overhaul_partial_l2(teacher_pre_relu, student_features, margin):
         `d_p(T, S) = sum_i 0 if S_i <= T_i <= 0 else (T_i - S_i)^2`, `T = max(t, m)`.
     """
     t = ops.maximum(_f32(teacher_pre_relu), ops.cast(margin, "float32"))
-    s = _f32(student_features)
-    keep = ops.logical_or(s > t, t > 0)
-    d = ops.where(keep, ops.square(s - t), 0.0)
+    diff = _f32(student_features) - t
+    # where t <= 0 only s > t (diff > 0) costs: max(diff, 0) is 0 exactly where S <= T <= 0
+    kept = ops.where(t > 0, diff, ops.maximum(diff, 0.0))
+    d = ops.square(kept)
     return ops.sum(ops.reshape(d, (ops.shape(d)[0], -1)), axis=-1)
 
 
