@@ -109,7 +109,7 @@ def _distiller(method: str, teacher: keras.Model, student: keras.Model):
     if method == "kd":
         losses, weights = [kd], [1.0]
     elif method == "fitnets":
-        hint = kd_losses.HintDistillation("t_relu2", "s_relu2")
+        hint = kd_losses.HintDistillation("t_relu2", "s_relu2", batch_norm=True)
         losses, weights = [kd, hint], [1.0, 0.0]  # stage 2 = KD only, as in the paper
         callbacks.append(keras_kd.callbacks.HintStage(hint, _HINT_EPOCHS.value))
     elif method == "at":
@@ -126,8 +126,8 @@ def _distiller(method: str, teacher: keras.Model, student: keras.Model):
         losses = [kd_losses.OverhaulDistillation("t_relu3", "s_relu3", teacher=teacher)]
         weights = [2e-3]  # (1 - alpha) * 2e-3 = the paper's 1e-3
     elif method in ("kd_hints_fixed", "kd_hints_adaptive"):
-        losses = [kd, kd_losses.HintDistillation("t_relu2", "s_relu2"),
-                  kd_losses.HintDistillation("t_relu3", "s_relu3")]
+        losses = [kd, kd_losses.HintDistillation("t_relu2", "s_relu2", batch_norm=True),
+                  kd_losses.HintDistillation("t_relu3", "s_relu3", batch_norm=True)]
         weights = [1.0, 1.0, 1.0] if method == "kd_hints_fixed" else UncertaintyWeighting(3)
     else:
         raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
