@@ -21,7 +21,9 @@ def conv_net(prefix: str, width: int) -> keras.Model:
     inputs = keras.Input((8, 8, 1))
     x = inputs
     for i, (channels, stride) in enumerate([(width, 1), (2 * width, 2), (2 * width, 1)], 1):
-        x = keras.layers.Conv2D(channels, 3, strides=stride, padding="same", name=f"{prefix}_c{i}")(x)
+        x = keras.layers.Conv2D(
+            channels, 3, strides=stride, padding="same", name=f"{prefix}_c{i}"
+        )(x)
         x = keras.layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
         x = keras.layers.ReLU(name=f"{prefix}_relu{i}")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
