@@ -363,7 +363,7 @@ class Distiller(keras.Model):
                     f"The batch carries {len(cached)} cached teacher tensor(s) but the "
                     f"distillation losses need {len(self._teacher_taps)}: "
                     f"{[t.describe() for t in self._teacher_taps]}. Cache with "
-                    "keras_kd.cache_teacher_outputs(distiller, data) for feature losses."
+                    "keras_kd.cache_teacher_outputs(teacher, data, taps=distiller.teacher_taps)."
                 )
             return x[CACHE_INPUTS_KEY], tuple(ops.cast(c, "float32") for c in cached)
         if self._teacher_features is None:

@@ -83,7 +83,6 @@ class AttentionTransfer(DistillationLoss):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.pop("dtype", None)
         config.update(
             {"teacher_layer": self.teacher_layer, "student_layer": self.student_layer,
              "p": self.p}

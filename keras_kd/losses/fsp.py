@@ -131,7 +131,6 @@ class FSPDistillation(DistillationLoss):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.pop("dtype", None)
         config.update(
             {
                 "teacher_layers": list(self.teacher_layers),

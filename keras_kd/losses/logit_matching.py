@@ -27,8 +27,3 @@ class LogitMatchingDistillation(DistillationLoss):
 
     def call(self, teacher_features, student_features):
         return logit_mse(teacher_features[0], student_features[0])
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.pop("dtype", None)
-        return config

@@ -79,7 +79,6 @@ class RelationalDistillation(DistillationLoss):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.pop("dtype", None)
         config.update(
             {
                 "teacher_layer": self.teacher_layer,

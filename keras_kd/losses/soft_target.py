@@ -40,6 +40,5 @@ class SoftTargetDistillation(DistillationLoss):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.pop("dtype", None)
         config["temperature"] = float(keras.ops.convert_to_numpy(self.temperature))
         return config
