@@ -14,9 +14,11 @@ from keras_kd import (
     export,
     losses,
     models,
+    online,
     recipes,
     report,
     teachers,
+    validation,
     weighting,
 )
 from keras_kd.distiller import Distiller
@@ -40,8 +42,10 @@ __all__ = [
     "export",
     "losses",
     "models",
+    "online",
     "recipes",
     "report",
     "teachers",
+    "validation",
     "weighting",
 ]

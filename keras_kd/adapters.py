@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from keras_kd import validation
+
 AUTO = "auto"
 
 
@@ -66,12 +68,23 @@ class FeatureAdapter(keras.layers.Layer):
     def __init__(self, target_shape: Sequence[int], batch_norm: bool = True, **kwargs):
         kwargs.pop("dtype", None)
         super().__init__(dtype="float32", **kwargs)
-        target_shape = tuple(int(d) for d in target_shape)
-        if len(target_shape) not in (1, 3) or any(d <= 0 for d in target_shape):
+        if isinstance(target_shape, (str, bytes)) or not isinstance(target_shape, Sequence):
+            raise TypeError(
+                f"target_shape must be a tuple (H, W, C) or (D,), got {target_shape!r}."
+            )
+        if len(target_shape) not in (1, 3):
             raise ValueError(
                 "target_shape must be (H, W, C) or (D,) with positive sizes (batch axis "
-                f"excluded), got {target_shape}."
+                f"excluded), got {tuple(target_shape)}."
             )
+        target_shape = tuple(
+            validation.positive_int(
+                f"target_shape[{i}]", d,
+                hint="The teacher feature needs a static shape (no None sizes besides the "
+                "batch axis).",
+            )
+            for i, d in enumerate(target_shape)
+        )
         self.target_shape = target_shape
         self.batch_norm = bool(batch_norm)
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from keras_kd import validation
+
 
 class PathWeighting(keras.layers.Layer):
     """Combines per-example losses of several distillation paths into one per-example loss.
@@ -39,12 +41,16 @@ class FixedWeighting(PathWeighting):
     """`sum_i w_i * d_i` with weights in a non-trainable variable that callbacks may assign.
 
     Args:
-        weights: one non-negative weight per distillation loss.
+        weights: one non-negative finite weight per distillation loss.
+
+    Raises:
+        TypeError / ValueError: for anything but a non-empty sequence of non-negative finite
+            real numbers (see `keras_kd.validation.weights`).
     """
 
     def __init__(self, weights: Sequence[float], **kwargs):
         kwargs.pop("num_paths", None)
-        weights = [float(w) for w in weights]
+        weights = validation.weights("weights", weights)
         super().__init__(num_paths=len(weights), **kwargs)
         self.weights_variable = self.add_weight(
             shape=(len(weights),),
@@ -95,16 +101,12 @@ class UncertaintyWeighting(PathWeighting):
     """
 
     def __init__(self, num_paths: int, initial_log_variance: float = 0.0, **kwargs):
-        if isinstance(num_paths, bool) or not isinstance(num_paths, int) or num_paths < 1:
-            raise ValueError(f"num_paths must be a positive integer, got {num_paths!r}.")
-        if isinstance(initial_log_variance, bool) or not isinstance(
-            initial_log_variance, (int, float)
-        ):
-            raise ValueError(
-                f"initial_log_variance must be a number, got {initial_log_variance!r}."
-            )
+        num_paths = validation.positive_int(
+            "num_paths", num_paths, hint="Pass the number of distillation losses."
+        )
+        initial_log_variance = validation.real_scalar("initial_log_variance", initial_log_variance)
         super().__init__(num_paths=num_paths, **kwargs)
-        self.initial_log_variance = float(initial_log_variance)
+        self.initial_log_variance = initial_log_variance
         self.log_variances = self.add_weight(
             shape=(num_paths,),
             initializer=keras.initializers.Constant(self.initial_log_variance),

@@ -268,7 +268,8 @@ def test_teacher_weights_bit_identical_and_called_in_inference_mode():
     distiller.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
     for got, want in zip(weights_of(teacher), before):
         np.testing.assert_array_equal(got, want)
-    assert not teacher.trainable
+    # Frozen for the Distiller's training only: the user's teacher object is left as it was.
+    assert teacher.trainable
 
 
 # ---------------------------------------------------------------------------- 4. forward once
@@ -280,6 +281,7 @@ def test_each_model_runs_forward_once_per_step():
         teacher, student, [SoftTargetDistillation(), LogitMatchingDistillation()]
     )
     distiller.compile(keras.optimizers.SGD(0.1), loss=hard_loss())
+    distiller.check_inputs(x[:BATCH], y[:BATCH])  # fit's one-time first-batch check, done now
     t0, s0 = t_counter.counts(), s_counter.counts()
     distiller.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     t1, s1 = t_counter.counts(), s_counter.counts()

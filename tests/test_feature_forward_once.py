@@ -62,6 +62,7 @@ def test_one_forward_of_each_model_per_step_with_three_feature_losses():
     distiller, t_count, s_count = _setup()
     distiller.compile("adam", loss=_SCE, run_eagerly=True)
     x = np.random.default_rng(0).random((24, 8, 8, 1)).astype("float32")
+    distiller.check_inputs(x[:8], np.arange(8) % 3)  # fit's one-time first-batch check
     t_count.calls = s_count.calls = 0
     history = distiller.fit(x, np.arange(24) % 3, batch_size=8, epochs=1, verbose=0)
     steps = 3
@@ -76,6 +77,7 @@ def test_compiled_step_runs_each_model_once():
     distiller, t_count, s_count = _setup()
     distiller.compile("adam", loss=_SCE)
     x = np.random.default_rng(1).random((16, 8, 8, 1)).astype("float32")
+    distiller.check_inputs(x[:8], np.arange(8) % 3)  # fit's one-time first-batch check
     t_count.executions.assign(0)
     s_count.executions.assign(0)
     distiller.fit(x, np.arange(16) % 3, batch_size=8, epochs=2, verbose=0)

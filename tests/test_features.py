@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_kd.features import FeatureExtractor, final_softmax_kind
+from keras_kd.features import FeatureExtractor, output_info
 from keras_kd.losses import LOGITS, Tap
 
 
@@ -43,18 +43,20 @@ def test_taps_match_an_independent_forward_pass():
     net = model()
     taps = (Tap("relu", pre_activation=True), Tap("relu"), Tap("dense_relu"), LOGITS)
     extractor = FeatureExtractor(net, taps, "student")
-    outputs = [np.asarray(o) for o in extractor(X, training=False)]
+    output, tensors = extractor(X, training=False)
+    outputs = [np.asarray(output)] + [np.asarray(tensors[tap]) for tap in taps]
     ref = np_forward(net, X)
     assert len(outputs) == 1 + len(taps)
     for got, key in zip(outputs, ["logits", "pre", "relu", "hidden", "logits"]):
         np.testing.assert_allclose(got, ref[key], atol=1e-5, err_msg=key)
-    assert [s[1:] for s in extractor.shapes()] == [(5,), (5,), (6,), (3,)]
+    assert [extractor.shapes()[tap][1:] for tap in taps] == [(5,), (5,), (6,), (3,)]
 
 
 @pytest.mark.parametrize("final", ["softmax_layer", "activation_softmax", "dense_softmax"])
 def test_logits_tap_undoes_a_final_softmax(final):
     net = model(final)
-    out, logits = FeatureExtractor(net, (LOGITS,), "teacher")(X, training=False)
+    out, tensors = FeatureExtractor(net, (LOGITS,), "teacher")(X, training=False)
+    logits = tensors[LOGITS]
     ref = np_forward(net, X)["logits"]
     np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-5)
     probs = np.exp(ref - ref.max(-1, keepdims=True))
@@ -63,17 +65,17 @@ def test_logits_tap_undoes_a_final_softmax(final):
 
 
 def test_final_softmax_kind():
-    assert final_softmax_kind(model()) is None
-    assert final_softmax_kind(model("softmax_layer")) == "layer"
-    assert final_softmax_kind(model("activation_softmax")) == "layer"
-    assert final_softmax_kind(model("dense_softmax")) == "dense"
+    assert output_info(model()).activation is None
+    assert output_info(model("softmax_layer")).activation == "softmax"
+    assert output_info(model("activation_softmax")).activation == "softmax"
+    assert output_info(model("dense_softmax")).activation == "softmax"
 
 
 def test_logits_only_graph_model_is_called_directly():
     net = model()
     extractor = FeatureExtractor(net, (LOGITS,), "student")
-    out, logits = extractor(X, training=False)
-    assert logits is out
+    out, tensors = extractor(X, training=False)
+    assert tensors[LOGITS] is out
     np.testing.assert_allclose(np.asarray(out), np_forward(net, X)["logits"], atol=1e-5)
 
 
@@ -98,7 +100,8 @@ class _Subclassed(keras.Model):
 
 def test_subclassed_models_work_for_logits_but_not_for_intermediate_taps():
     net = _Subclassed()
-    out, logits = FeatureExtractor(net, (LOGITS,), "student")(X, training=False)
+    out, tensors = FeatureExtractor(net, (LOGITS,), "student")(X, training=False)
+    logits = tensors[LOGITS]
     np.testing.assert_allclose(np.asarray(logits), np.asarray(net(X)), atol=1e-6)
     with pytest.raises(ValueError, match="(?s)student model .*not a Functional"):
         FeatureExtractor(_Subclassed(), (Tap("dense"),), "student")

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras_kd
 from keras_kd.losses import HintDistillation, SoftTargetDistillation
-from keras_kd.weighting import UncertaintyWeighting
+from keras_kd.weighting import FixedWeighting, UncertaintyWeighting
 
 _SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -33,8 +33,16 @@ def test_formula_and_gradient_match_numpy():
 def test_errors_and_config():
     with pytest.raises(ValueError, match="num_paths"):
         UncertaintyWeighting(0)
-    with pytest.raises(ValueError, match="initial_log_variance"):
+    # A wrong type is a TypeError (keras_kd.validation's rule); it was a ValueError before.
+    with pytest.raises(TypeError, match="initial_log_variance must be a finite real number"):
         UncertaintyWeighting(2, initial_log_variance="x")
+    with pytest.raises(ValueError, match="initial_log_variance must be a finite real number"):
+        UncertaintyWeighting(2, initial_log_variance=float("nan"))
+    with pytest.raises(TypeError, match="num_paths must be a positive integer, got True"):
+        UncertaintyWeighting(True)
+    assert UncertaintyWeighting(np.int64(2)).num_paths == 2
+    with pytest.raises(ValueError, match=r"weights\[1\] must be a non-negative finite real"):
+        FixedWeighting([1.0, float("inf")])
     clone = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(UncertaintyWeighting(2, initial_log_variance=0.3)))
     assert clone.num_paths == 2

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import keras
 import numpy as np
 
@@ -13,34 +11,24 @@ from keras_kd.weighting import FixedWeighting
 
 HINT_STAGE, FULL_STAGE = 1, 2
 
-# Layers a HintStage froze, with their original `trainable`. Kept across callback instances so a
-# `fit` retried in the same process after an exception in stage 1 (no `on_train_end`) still
-# knows which layers it must unfreeze.
-_FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# Distiller -> (student_loss_weight, fixed path weights) configured before stage 1, likewise.
-_OBJECTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _guided_tensor(student: keras.Model, tap):
-    if tap.layer is None:
-        return student.outputs[0]
-    layer = student.get_layer(tap.layer)
-    return layer.input if tap.pre_activation else layer.output
-
 
 class HintStage(keras.callbacks.Callback):
     """Trains only the student up to the guided layer (+ regressor) on the hint, then everything.
 
-    For epochs `0 .. epochs - 1` (stage 1) the objective is the `hint` loss alone: the hard-label
-    weight `student_loss_weight` and every other path weight are set to 0, and the student's
-    layers that do not feed the guided layer, the other losses' adapters and a learned path
-    weighting are made non-trainable (so their variables, BatchNormalization statistics
-    included, do not change). From epoch `epochs` on (stage 2) the configured objective and
-    trainability are restored. The stage is derived from the epoch number at each epoch start,
-    so a run resumed by `keras.callbacks.BackupAndRestore` continues in the right stage (the
-    configured objective is read when `fit` attaches the callback, before a backup written
-    during stage 1 is loaded; a `fit` retried in the same process after an exception is
-    handled too).
+    For epochs `0 .. epochs - 1` (stage 1) the objective is the `hint` loss alone: the callback
+    sets the Distiller's `path_focus` variable to the hint's path (`Distiller.set_focus`), which
+    restricts the objective to that path and freezes, for the Distiller's training only, the
+    student's layers that do not feed the guided layer, the other losses' adapters and a learned
+    path weighting (so their variables, BatchNormalization statistics included, do not change).
+    From epoch `epochs` on (stage 2) the focus is cleared: the configured objective
+    (`student_loss_weight`, path weights: never modified) and trainability are back.
+
+    The stage lives in the Distiller's `path_focus` variable, so every checkpoint carries it: a
+    `.keras` file or weights saved during stage 1 reload in stage 1 with the configured
+    objective and the configured trainability in its config, and the optimizer state intact.
+    The stage is also derived from the epoch number at each epoch start, so a run resumed by
+    `keras.callbacks.BackupAndRestore` (or `fit(initial_epoch=...)`) continues in the right
+    stage. No state is kept outside the model.
 
     Keras traces the train step once, so the callback rebuilds it (`make_train_function(
     force=True)`) whenever the stage changes; this costs one retrace per switch.
@@ -94,24 +82,7 @@ class HintStage(keras.callbacks.Callback):
         self.stage = None
         self._frozen = []
 
-    # ------------------------------------------------------------------ setup
-    def set_model(self, model):
-        super().set_model(model)
-        # Read the configured objective here, before `BackupAndRestore.on_train_begin` can load
-        # checkpointed schedule variables that hold stage-1 values (0 and a one-hot).
-        if isinstance(model, Distiller) and model not in _OBJECTIVE:
-            _OBJECTIVE[model] = self._objective(model)
-
-    @staticmethod
-    def _objective(model):
-        weighting = model.path_weighting
-        weights = (
-            keras.ops.convert_to_numpy(weighting.weights_variable).copy()
-            if isinstance(weighting, FixedWeighting)
-            else None
-        )
-        return float(keras.ops.convert_to_numpy(model.student_loss_weight)), weights
-
+    # ------------------------------------------------------------------ stages
     def _index(self) -> int:
         for i, loss in enumerate(self.model.distillation_losses):
             if loss is self.hint:
@@ -123,53 +94,20 @@ class HintStage(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
+        if not isinstance(model, Distiller):
+            raise TypeError(f"HintStage works with a keras_kd.Distiller, got {type(model)!r}.")
         self._hint_index = self._index()
         weighting = model.path_weighting
         if not isinstance(weighting, FixedWeighting) and len(model.distillation_losses) > 1:
             raise ValueError(
-                "HintStage selects the hint-only objective through fixed path weights, but the "
-                f"Distiller uses {type(weighting).__name__}. Use fixed "
-                "distillation_loss_weights with HintStage."
+                "HintStage selects the hint-only objective through the Distiller's path "
+                f"focus, but the Distiller uses {type(weighting).__name__}, whose learned "
+                "weights would freeze: use fixed distillation_loss_weights with HintStage."
             )
-        student = model.student
-        taps = self.hint.student_features()
-        upstream = keras.Model(student.inputs, [_guided_tensor(student, t) for t in taps])
-        keep = {id(layer) for layer in upstream.layers}
-        frozen = [layer for layer in student.layers if id(layer) not in keep]
-        frozen += [loss for loss in model.distillation_losses if loss is not self.hint]
-        frozen.append(weighting)
-        self._frozen = frozen
         if model.optimizer is not None and not model.optimizer.built:
             # Build for every variable now, so stage 2 can update the ones frozen in stage 1.
             model.optimizer.build(model.trainable_variables)
         self.stage = None
-
-    # ------------------------------------------------------------------ stages
-    def _enter_hint_stage(self) -> None:
-        model = self.model
-        for layer in self._frozen:
-            if layer not in _FROZEN:
-                _FROZEN[layer] = layer.trainable
-            layer.trainable = False
-        weighting = model.path_weighting
-        if model not in _OBJECTIVE:
-            _OBJECTIVE[model] = self._objective(model)
-        model.student_loss_weight.assign(0.0)
-        if isinstance(weighting, FixedWeighting):
-            one_hot = np.zeros(weighting.num_paths, dtype="float32")
-            one_hot[self._hint_index] = 1.0
-            weighting.weights_variable.assign(one_hot)
-
-    def _restore(self) -> None:
-        model = self.model
-        for layer in self._frozen:
-            if layer in _FROZEN:
-                layer.trainable = _FROZEN.pop(layer)
-        if model in _OBJECTIVE:
-            alpha, weights = _OBJECTIVE.pop(model)
-            model.student_loss_weight.assign(alpha)
-            if weights is not None:
-                model.path_weighting.weights_variable.assign(weights)
 
     def _reset_optimizer(self) -> None:
         optimizer = self.model.optimizer
@@ -183,14 +121,17 @@ class HintStage(keras.callbacks.Callback):
         stage = HINT_STAGE if epoch < self.epochs else FULL_STAGE
         if stage == self.stage:
             return
+        model = self.model
         if stage == HINT_STAGE:
-            self._enter_hint_stage()
+            focus = np.zeros(len(model.distillation_losses), "float32")
+            focus[self._hint_index] = 1.0
+            model.set_focus(focus)
         else:
-            self._restore()
+            model.set_focus(None)
             if self.reset_optimizer and epoch == self.epochs:
                 self._reset_optimizer()
         self.stage = stage
-        self.model.make_train_function(force=True)
+        model.make_train_function(force=True)
         if self.verbose:
             name = "hint (stage 1)" if stage == HINT_STAGE else "full objective (stage 2)"
             print(f"\nEpoch {epoch + 1}: HintStage trains on the {name}.")
@@ -201,6 +142,6 @@ class HintStage(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self.stage == HINT_STAGE:
-            self._restore()
+            self.model.set_focus(None)
             self.model.make_train_function(force=True)
         self.stage = None

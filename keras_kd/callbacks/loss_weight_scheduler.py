@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import keras
 
+from keras_kd import validation
+from keras_kd.callbacks.temperature_scheduler import schedule_label
 from keras_kd.weighting import FixedWeighting
 
 
@@ -17,6 +19,11 @@ class LossWeightScheduler(keras.callbacks.Callback):
         distillation_loss_weights: `f(epoch) -> list of weights` (one per loss, >= 0), or
             `None`. Only for fixed weights (not learned weightings).
         verbose: print the values each epoch.
+
+    Raises:
+        ValueError: at an epoch start, before anything is assigned, when a schedule returns an
+            invalid value (the message names the schedule and the epoch): `alpha` outside
+            `[0, 1]`, `nan` or `inf`, or not one non-negative finite weight per loss.
 
     Example:
         >>> # Anneal from mostly-teacher to mostly-labels.
@@ -45,14 +52,15 @@ class LossWeightScheduler(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         model = self.model
+        # Every value is computed and checked before any variable is assigned.
+        alpha = weights = None
         if self.student_schedule is not None:
-            alpha = float(self.student_schedule(epoch))
-            if not 0.0 <= alpha <= 1.0:
-                raise ValueError(
-                    f"LossWeightScheduler: student_loss_weight({epoch}) gave {alpha}; "
-                    "need a value in [0, 1]."
-                )
-            model.student_loss_weight.assign(alpha)
+            alpha = validation.unit_interval(
+                "LossWeightScheduler: student_loss_weight schedule "
+                f"{schedule_label(self.student_schedule)}({epoch})",
+                self.student_schedule(epoch),
+                hint="Make the schedule return the hard-label weight alpha in [0, 1].",
+            )
         if self.path_schedule is not None:
             weighting = model.path_weighting
             if not isinstance(weighting, FixedWeighting):
@@ -60,12 +68,16 @@ class LossWeightScheduler(keras.callbacks.Callback):
                     "LossWeightScheduler: distillation_loss_weights can only be scheduled for "
                     f"fixed weights, but the Distiller uses {type(weighting).__name__}."
                 )
-            weights = [float(w) for w in self.path_schedule(epoch)]
-            if len(weights) != weighting.num_paths or any(not w >= 0 for w in weights):
-                raise ValueError(
-                    f"LossWeightScheduler: distillation_loss_weights({epoch}) gave {weights}; "
-                    f"need {weighting.num_paths} non-negative numbers."
-                )
+            weights = validation.weights(
+                "LossWeightScheduler: distillation_loss_weights schedule "
+                f"{schedule_label(self.path_schedule)}({epoch})",
+                self.path_schedule(epoch),
+                weighting.num_paths,
+                hint="Make the schedule return one weight per distillation loss.",
+            )
+        if alpha is not None:
+            model.student_loss_weight.assign(alpha)
+        if weights is not None:
             weighting.weights_variable.assign(weights)
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: student_loss_weight="

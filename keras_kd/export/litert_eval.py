@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd import validation
 from keras_kd.distiller import Distiller
 
 _INTEGER_DTYPES = (np.int8, np.int32)
@@ -23,8 +24,7 @@ _INTEGER_DTYPES = (np.int8, np.int32)
 def _interpreter(path, num_threads: int):
     from ai_edge_litert.interpreter import Interpreter  # lazy: only needed to run files
 
-    if not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}.")
+    num_threads = validation.positive_int("num_threads", num_threads)
     interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
@@ -73,6 +73,7 @@ def tflite_predict(
     Returns:
         `(n, ...)` float32 outputs, dequantized for int8 I/O: `scale * (q - zero_point)`.
     """
+    batch_size = validation.positive_int("batch_size", batch_size)
     interpreter = _interpreter(path, num_threads)
     x = np.asarray(x, dtype=np.float32)
     outputs = [_run(interpreter, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
@@ -188,6 +189,8 @@ def median_latency_ms(
     Returns:
         Milliseconds per single-example `invoke()`.
     """
+    repeats = validation.positive_int("repeats", repeats)
+    min_block_seconds = validation.non_negative("min_block_seconds", min_block_seconds)
     interpreter = _interpreter(path, num_threads)
     x = np.asarray(example, dtype=np.float32)[None]
     _run(interpreter, x)  # allocate + warm up
@@ -252,6 +255,9 @@ def evaluate_tflite(
         ...                          reference_model=student)
         >>> report.accuracy, report.agreement, report.latency_ms
     """
+    num_threads = validation.positive_int("num_threads", num_threads)
+    batch_size = validation.positive_int("batch_size", batch_size)
+    latency_repeats = validation.positive_int("latency_repeats", latency_repeats)
     details = _interpreter(path, 1).get_input_details()[0]
     io_dtype = np.dtype(details["dtype"]).name
     x, y = _as_arrays(data, labels, len(details["shape_signature"]))

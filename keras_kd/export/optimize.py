@@ -19,9 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd import validation
 from keras_kd.distiller import Distiller
 from keras_kd.export.tf_keras_bridge import to_tf_keras
-from keras_kd.features import FeatureExtractor, final_softmax_kind
+from keras_kd.features import FeatureExtractor, output_info
 from keras_kd.losses.base import LOGITS
 from keras_kd.losses.functional import soft_target_kl
 
@@ -60,18 +61,15 @@ def distillation_loss_fn(student_loss_weight: float = 0.1, temperature: float = 
     Reference:
         Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
-    alpha = float(student_loss_weight)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"student_loss_weight must be in [0, 1], got {student_loss_weight}.")
-    if not float(temperature) > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    alpha = validation.unit_interval("student_loss_weight", student_loss_weight)
+    temperature = validation.positive("temperature", temperature)
 
     def kd_loss(y_packed, student_logits):
         y_packed = tf.cast(y_packed, tf.float32)
         student_logits = tf.cast(student_logits, tf.float32)
         labels = tf.cast(y_packed[:, 0], tf.int32)
         hard = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, student_logits)
-        soft = soft_target_kl(y_packed[:, 1:], student_logits, float(temperature))
+        soft = soft_target_kl(y_packed[:, 1:], student_logits, temperature)
         return alpha * hard + (1.0 - alpha) * soft
 
     return kd_loss
@@ -100,13 +98,33 @@ def teacher_logits_of(teacher: keras.Model, x, batch_size: int = 256) -> np.ndar
     Returns:
         `(n, classes)` float32 logits, as `keras_kd.cache_teacher_logits` stores them.
     """
+    batch_size = validation.positive_int("batch_size", batch_size)
     extractor = FeatureExtractor(teacher, (LOGITS,), "teacher")
     x = np.asarray(x, dtype=np.float32)
     parts = [
-        np.asarray(extractor(x[i : i + batch_size], training=False)[1])
+        np.asarray(extractor.logits(x[i : i + batch_size]))
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(parts).astype(np.float32)
+
+
+def _target_sparsity(target_sparsity) -> float:
+    """`target_sparsity` as a float in the open interval (0, 1), else `TypeError`/`ValueError`."""
+    sparsity = validation.real_scalar("target_sparsity", target_sparsity)
+    if not 0.0 < sparsity < 1.0:
+        raise ValueError(
+            f"target_sparsity must be a real number in (0, 1), got {target_sparsity!r}. Pass "
+            "the final fraction of zero weights, e.g. 0.5."
+        )
+    return sparsity
+
+
+def _check_fit_arguments(student_loss_weight, temperature, epochs, batch_size, learning_rate):
+    """Refuses bad training arguments before tfmot is imported or the teacher runs."""
+    distillation_loss_fn(student_loss_weight, temperature)
+    validation.positive_int("epochs", epochs)
+    validation.positive_int("batch_size", batch_size)
+    validation.positive("learning_rate", learning_rate)
 
 
 def _prepare(student, teacher, teacher_logits, x, y):
@@ -115,7 +133,7 @@ def _prepare(student, teacher, teacher_logits, x, y):
         student = student.student
     if not isinstance(student, keras.Model):
         raise TypeError(f"student must be a Keras 3 keras.Model, got {type(student)!r}.")
-    if final_softmax_kind(student) is not None:
+    if output_info(student).activation is not None:
         raise ValueError(
             f"student {student.name!r} ends with a softmax; distillation here needs a student "
             "that outputs logits."
@@ -169,6 +187,8 @@ def calibrate_activation_ranges(
     """
     import tf_keras  # lazy, like tfmot
 
+    batch_size = validation.positive_int("batch_size", batch_size)
+    num_batches = validation.non_negative_int("num_batches", num_batches)
     targets = {}  # float layer name -> [(variable, "min" | "max")]
     for wrapper in qat_model.layers:
         if not wrapper.name.startswith("quant_"):
@@ -245,6 +265,8 @@ def quantization_aware_distillation(
         Jacob et al., CVPR 2018 (fake quantization in training); Hinton et al. 2015 (KD loss
         `alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))`).
     """
+    _check_fit_arguments(student_loss_weight, temperature, epochs, batch_size, learning_rate)
+    validation.non_negative_int("range_calibration_batches", range_calibration_batches)
     tfmot = _import_tfmot()
     model, x, packed = _prepare(student, teacher, teacher_logits, x, y)
     try:
@@ -291,15 +313,15 @@ def pruning_distillation(
     Reference:
         Zhu & Gupta, "To prune, or not to prune", 2017: `s_t = s_f * (1 - (1 - t/n)^3)`.
     """
-    if not 0.0 < float(target_sparsity) < 1.0:
-        raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}.")
+    sparsity = _target_sparsity(target_sparsity)
+    _check_fit_arguments(student_loss_weight, temperature, epochs, batch_size, learning_rate)
     tfmot = _import_tfmot()
     model, x, packed = _prepare(student, teacher, teacher_logits, x, y)
     steps = epochs * int(np.ceil(len(x) / batch_size))
     end_step = max(1, int(0.7 * steps))
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0,
-        final_sparsity=float(target_sparsity),
+        final_sparsity=sparsity,
         begin_step=0,
         end_step=end_step,
         frequency=max(1, min(100, end_step // 10)),

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd import validation
 from keras_kd.distiller import Distiller
 
 QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
@@ -134,10 +135,7 @@ def to_tflite(
         Jacob et al., "Quantization and Training of Neural Networks for Efficient
         Integer-Arithmetic-Only Inference", CVPR 2018: `real = scale * (q - zero_point)`.
     """
-    if quantization not in QUANTIZATION_MODES:
-        raise ValueError(
-            f"quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}."
-        )
+    validation.one_of("quantization", quantization, QUANTIZATION_MODES)
     if quantization == "int8" and representative_data is None:
         raise ValueError(
             "quantization='int8' needs representative_data: a few hundred training inputs "
@@ -145,11 +143,9 @@ def to_tflite(
         )
     if int8_io and quantization != "int8":
         raise ValueError(f"int8_io=True needs quantization='int8', got {quantization!r}.")
-    if not isinstance(num_calibration_examples, int) or num_calibration_examples < 1:
-        raise ValueError(
-            "num_calibration_examples must be a positive integer, got "
-            f"{num_calibration_examples!r}."
-        )
+    num_calibration_examples = validation.positive_int(
+        "num_calibration_examples", num_calibration_examples
+    )
     if isinstance(model, Distiller):
         model = model.student
     tf_keras_model = _is_tf_keras_model(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_kd import validation
 from keras_kd.adapters import resize_spatial
 from keras_kd.losses.base import DistillationLoss, Tap
 from keras_kd.losses.functional import attention_transfer
@@ -49,11 +50,10 @@ class AttentionTransfer(DistillationLoss):
         for arg, value in (("teacher_layer", teacher_layer), ("student_layer", student_layer)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{arg} must be a layer name (non-empty str), got {value!r}.")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-            raise ValueError(f"p must be a positive number, got {p!r}.")
+        p = validation.positive("p", p, hint="The paper uses p=2.")
         self.teacher_layer = teacher_layer
         self.student_layer = student_layer
-        self.p = float(p)
+        self.p = p
         self._size = None
 
     def teacher_features(self) -> tuple[Tap, ...]:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import keras
 
+from keras_kd import validation
+
 
 @dataclasses.dataclass(frozen=True)
 class Tap:
@@ -30,6 +32,14 @@ class Tap:
             return "logits"
         return f"{self.layer}{' (pre-activation)' if self.pre_activation else ''}"
 
+    @property
+    def key(self) -> str:
+        """The string that keys this tensor in cached teacher outputs (`"logits"`, a layer name,
+        or `"<layer>/pre_activation"`; Keras layer names cannot contain `/`)."""
+        if self.layer is None:
+            return "logits"
+        return f"{self.layer}/pre_activation" if self.pre_activation else self.layer
+
 
 LOGITS = Tap()
 
@@ -46,6 +56,11 @@ class DistillationLoss(keras.layers.Layer):
 
     The `Distiller` reduces the per-example values with the sample weights; losses never reduce
     over the batch themselves.
+
+    A loss that needs the ground-truth labels (e.g. `DecoupledKD`) returns `True` from
+    `needs_labels()` and accepts them as a keyword, `call(teacher_features, student_features,
+    labels=None)`; the `Distiller` then calls it with `labels=y` (integer class ids `(batch,)`
+    or one-hot `(batch, classes)`, as the dataset yields them).
     """
 
     def __init__(self, name: str | None = None, **kwargs):
@@ -80,9 +95,19 @@ class DistillationLoss(keras.layers.Layer):
         """The student tensors `call` receives, in order."""
         return (LOGITS,)
 
+    def output_family(self) -> str | None:
+        """Which model outputs this loss reads its logits as: `"categorical"` (softmax over the
+        last axis), `"bernoulli"` (independent sigmoid units), or `None` (any: the loss
+        compares raw tensors, e.g. logit matching or a feature loss)."""
+        return None
+
     def temperature_variable(self) -> keras.Variable | None:
         """The non-trainable temperature variable a scheduler may assign, or `None`."""
         return None
+
+    def needs_labels(self) -> bool:
+        """Whether `call` needs the labels, passed as the keyword `labels=y`."""
+        return False
 
     def build(self, teacher_shapes: Sequence[tuple], student_shapes: Sequence[tuple]) -> None:
         """Creates adapters from the static shapes of the requested features."""
@@ -103,14 +128,18 @@ class DistillationLoss(keras.layers.Layer):
 
 
 def make_temperature(layer: keras.layers.Layer, temperature: float) -> keras.Variable:
-    """Validates `temperature` and stores it in a non-trainable variable of `layer`."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a positive number, got {temperature!r}.")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    """Validates `temperature` and stores it in a non-trainable variable of `layer`.
+
+    Raises:
+        TypeError: if `temperature` is not a real number (see `keras_kd.validation`).
+        ValueError: if it is not finite and `> 0`.
+    """
+    temperature = validation.positive(
+        "temperature", temperature, hint="Pass the softening temperature T, e.g. 4.0."
+    )
     return layer.add_weight(
         shape=(),
-        initializer=keras.initializers.Constant(float(temperature)),
+        initializer=keras.initializers.Constant(temperature),
         trainable=False,
         dtype="float32",
         name="temperature",

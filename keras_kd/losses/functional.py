@@ -1,8 +1,10 @@
 """Pure tensor functions behind every distillation loss.
 
 Each function takes ``(teacher_..., student_...)`` tensors, computes in float32 and returns one
-value per example (shape ``(batch,)``). The Keras classes in this package store configuration and
-call these functions; reduction over the batch (with sample weights) is done by the `Distiller`.
+value per example (shape ``(batch,)``), or per position for the output losses given sequence /
+dense outputs (``(batch, steps)``, ``(batch, H, W)``). The Keras classes in this package store
+configuration and call these functions; reduction over the batch (with sample weights) is done
+by the `Distiller`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ def soft_target_kl(teacher_logits, student_logits, temperature=4.0):
     """Temperature-scaled KL divergence between softened teacher and student distributions.
 
     Args:
-        teacher_logits: `(batch, classes)` pre-softmax teacher outputs.
-        student_logits: `(batch, classes)` pre-softmax student outputs.
+        teacher_logits: `(batch, classes)` pre-softmax teacher outputs, or
+            `(batch, ..., classes)` for sequence / dense outputs (e.g. `(batch, steps, classes)`,
+            `(batch, H, W, classes)`).
+        student_logits: pre-softmax student outputs of the same shape.
         temperature: softening temperature `T > 0` (float or scalar tensor/variable).
 
     Returns:
-        `(batch,)` float32 tensor: `T^2 * KL(softmax(t/T) || softmax(s/T))` per example.
+        float32 tensor of shape `teacher_logits.shape[:-1]`:
+        `T^2 * KL(softmax(t/T) || softmax(s/T))` per example (`(batch,)`), or per position
+        (`(batch, steps)` / `(batch, H, W)`) for sequence / dense inputs: only the last (class)
+        axis is reduced. The `Distiller` reduces per-position values with Keras's temporal
+        sample-weight convention: `sum(w * l) / (batch * positions)`.
 
     Example:
         >>> soft_target_kl([[2.0, 0.0]], [[2.0, 0.0]], 4.0)  # identical logits -> 0
@@ -330,3 +338,339 @@ __all__ += [
     "rkd_angle",
     "rkd_distance",
 ]
+
+
+# ---------------------------------------------------------------------- output kinds
+
+
+def _static_rank_at_least(x, rank: int, function: str, hint: str) -> None:
+    if len(x.shape) < rank:
+        raise ValueError(f"{function} expects {hint}, got shape {tuple(x.shape)}.")
+
+
+def bernoulli_soft_target_kl(teacher_logits, student_logits, temperature=4.0):
+    """Temperature-scaled KL divergence between independent sigmoid (Bernoulli) outputs.
+
+    For binary and multi-label models: each of the `C >= 1` output units is its own two-class
+    distribution `Bern(sigmoid(z / T))`; the KL divergences of the units are summed. Unlike
+    `soft_target_kl` (a softmax over the last axis, which is constant for `C = 1`), a one-unit
+    model gets a non-zero loss.
+
+    Args:
+        teacher_logits: `(batch, C)` pre-sigmoid teacher outputs, or `(batch, ..., C)` for
+            sequence / dense outputs (e.g. `(batch, steps, C)`, `(batch, H, W, C)`).
+        student_logits: pre-sigmoid student outputs of the same shape.
+        temperature: softening temperature `T > 0` (float or scalar tensor/variable).
+
+    Returns:
+        float32 tensor of shape `teacher_logits.shape[:-1]`: `(batch,)` for `(batch, C)` inputs,
+        `(batch, steps)` / `(batch, H, W)` per-position values for sequence / dense inputs (only
+        the last, unit axis is summed). The `Distiller` reduces per-position values with Keras's
+        temporal sample-weight convention: `sum(w * l) / (batch * positions)`.
+
+    Raises:
+        ValueError: for inputs of rank < 2 (reshape a `(batch,)` output to `(batch, 1)`).
+
+    Example:
+        >>> bernoulli_soft_target_kl([[3.0]], [[-1.0]], 4.0)  # one sigmoid unit: > 0
+
+    Reference:
+        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015, with
+        the softmax replaced by one sigmoid per unit (multi-label soft targets).
+        `T^2 * sum_c [p_c log(p_c/q_c) + (1-p_c) log((1-p_c)/(1-q_c))]`,
+        `p = sigmoid(t/T)`, `q = sigmoid(s/T)`; computed from the logits with softplus /
+        log1p forms, never the log of a probability (see `_bernoulli_kl_from_logits`).
+    """
+    t_logits, s_logits = _f32(teacher_logits), _f32(student_logits)
+    _static_rank_at_least(t_logits, 2, "bernoulli_soft_target_kl", "(batch, ..., units) logits")
+    t = ops.cast(temperature, "float32")
+    return t * t * ops.sum(_bernoulli_kl_from_logits(t_logits / t, s_logits / t), axis=-1)
+
+
+def _bernoulli_kl_from_logits(a, b):
+    """`KL(Bern(sigmoid(a)) || Bern(sigmoid(b)))` elementwise, accurate for small and large gaps.
+
+    The KL is unchanged by swapping the two outcomes (`a, b -> -a, -b`), so `a <= 0`, i.e.
+    `p = sigmoid(a) <= 1/2`, is arranged first. With `d = b - a`:
+    - `|d| < 1`: `log1p(p * expm1(d)) - p * d`, whose rounding error is `O(eps * p * |d|)`
+      (the value is `~ p (1 - p) d^2 / 2`; at T = 20 the softplus form below is about 10x
+      less accurate, its terms being O(1) while the KL is O(d^2));
+    - otherwise: `p (softplus(-b) - softplus(-a)) + (1 - p) (softplus(b) - softplus(a))`, i.e.
+      `p (log p - log q) + (1 - p) (log(1 - p) - log(1 - q))` without logs of probabilities.
+    """
+    flip = ops.where(a > 0, -1.0, 1.0)
+    a, b = a * flip, b * flip
+    p = ops.sigmoid(a)
+    d = b - a
+    small = ops.abs(d) < 1.0
+    d_small = ops.where(small, d, 0.0)  # keeps expm1 finite (and its gradient) off the branch
+    near = ops.log1p(p * ops.expm1(d_small)) - p * d_small
+    far = p * (ops.softplus(-b) - ops.softplus(-a)) + ops.sigmoid(-a) * (
+        ops.softplus(b) - ops.softplus(a)
+    )
+    return ops.where(small, near, far)
+
+
+def output_mse(teacher_outputs, student_outputs):
+    """Mean squared error between teacher and student outputs, per example (regression).
+
+    Args:
+        teacher_outputs: `(batch, ...)` teacher predictions (any shape, e.g. `(batch, 1)`).
+        student_outputs: student predictions of the same shape.
+
+    Returns:
+        `(batch,)` float32: `mean_k (s_k - t_k)^2` over all non-batch entries `k`.
+
+    Example:
+        >>> output_mse([[1.0, 2.0]], [[1.0, 4.0]])  # [2.0]
+
+    Reference:
+        Chen et al., "Learning Efficient Object Detection Models with Knowledge
+        Distillation", NeurIPS 2017 (teacher outputs as regression targets);
+        Takamoto et al., "An Efficient Method of Training Small Models for Regression
+        Problems with Knowledge Distillation", MIPR 2020. `mean_k (s_k - t_k)^2`.
+    """
+    diff = _f32(student_outputs) - _f32(teacher_outputs)
+    return per_example_mean(ops.square(diff))
+
+
+__all__ += ["bernoulli_soft_target_kl", "output_mse"]
+
+
+# ---------------------------------------------------------------------- modern logit losses
+
+
+def standardize_logits(logits, eps=1e-7):
+    """Z-scores each example's logits over the class (last) axis.
+
+    Args:
+        logits: `(batch, ..., classes)` logits, `classes >= 2`.
+        eps: added to the standard deviation (the official code's `1e-7`).
+
+    Returns:
+        float32 tensor of the same shape: `(z - mean(z)) / (eps + std(z))`, with the sample
+        standard deviation (`ddof = 1`, PyTorch's default `Tensor.std`, as in the official
+        code). The variance is floored at `1e-24` before the square root so that a row of
+        equal logits gives zeros with finite gradients instead of NaN.
+
+    Raises:
+        ValueError: when the class axis has fewer than 2 entries.
+
+    Example:
+        >>> standardize_logits([[1.0, 2.0, 3.0]])  # [[-1, 0, 1]]
+
+    Reference:
+        Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024
+        (github.com/sunshangquan/logit-standardization-KD, `normalize` in
+        mdistiller/distillers/KD.py). `Z(z) = (z - mean(z)) / (eps + std(z))`.
+    """
+    z = _f32(logits)
+    classes = z.shape[-1]
+    if classes is not None and classes < 2:
+        raise ValueError(
+            f"standardize_logits needs at least 2 classes on the last axis, got shape "
+            f"{tuple(z.shape)}."
+        )
+    n = ops.cast(ops.shape(z)[-1], "float32")
+    centered = z - ops.mean(z, axis=-1, keepdims=True)
+    variance = ops.sum(ops.square(centered), axis=-1, keepdims=True) / (n - 1.0)
+    std = ops.sqrt(ops.maximum(variance, 1e-24))
+    return centered / (eps + std)
+
+
+def _target_mask(labels, logits):
+    """`(batch, ..., classes)` float32 one-hot mask of the target class.
+
+    `labels` are integer ids of shape `logits.shape[:-1]` (a trailing axis of size 1 is
+    allowed), or one-hot / soft labels of the logits' shape (their argmax is the target, as
+    the DIST authors' DKD does for mixup / label smoothing).
+    """
+    classes = logits.shape[-1]
+    labels = ops.convert_to_tensor(labels)
+    rank, logits_rank = len(labels.shape), len(logits.shape)
+    if rank == logits_rank and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, axis=-1)
+    elif rank == logits_rank:
+        if labels.shape[-1] is not None and labels.shape[-1] != classes:
+            raise ValueError(
+                f"One-hot labels of shape {tuple(labels.shape)} do not match logits of shape "
+                f"{tuple(logits.shape)}."
+            )
+        labels = ops.argmax(labels, axis=-1)
+    elif rank != logits_rank - 1:
+        raise ValueError(
+            f"labels must be class ids of shape {tuple(logits.shape[:-1])} or one-hot labels "
+            f"of shape {tuple(logits.shape)}; got shape {tuple(labels.shape)}."
+        )
+    return ops.one_hot(ops.cast(labels, "int32"), classes, dtype="float32")
+
+
+def decoupled_kd_terms(teacher_logits, student_logits, labels, temperature=4.0):
+    """The two parts of decoupled KD, per example: `(TCKD, NCKD)`.
+
+    Args:
+        teacher_logits: `(batch, classes)` teacher logits (`classes >= 2`), or
+            `(batch, ..., classes)`.
+        student_logits: student logits of the same shape.
+        labels: integer class ids `(batch,)` (or `(batch, 1)`), or one-hot `(batch, classes)`.
+        temperature: softening temperature `T > 0`.
+
+    Returns:
+        Two float32 tensors of shape `teacher_logits.shape[:-1]`:
+        `TCKD = T^2 * KL(b^T || b^S)` over the binary (target, non-target) probabilities and
+        `NCKD = T^2 * KL(p~^T || p~^S)` over the non-target classes renormalised.
+
+    Raises:
+        ValueError: for fewer than 2 classes or labels of an unexpected shape.
+    """
+    t_logits, s_logits = _f32(teacher_logits), _f32(student_logits)
+    classes = t_logits.shape[-1]
+    if classes is not None and classes < 2:
+        raise ValueError(
+            f"decoupled_kd needs at least 2 classes, got logits of shape {tuple(t_logits.shape)}."
+        )
+    t = ops.cast(temperature, "float32")
+    gt = _target_mask(labels, t_logits)
+    is_gt = gt > 0.5
+
+    def binary_log_probs(z):
+        log_p = ops.log_softmax(z, axis=-1)
+        log_target = ops.sum(log_p * gt, axis=-1)
+        # log of the non-target mass, from log-probabilities (no log of a probability that
+        # may underflow to 0, which the official `torch.log(cat_mask(...))` risks)
+        log_other = ops.logsumexp(ops.where(is_gt, -1e30, log_p), axis=-1)
+        return log_target, log_other
+
+    def non_target_log_probs(z):
+        # The official code subtracts 1000 from z_target / T; putting the target 1000 below the
+        # row minimum excludes it exactly (exp(-1000) is 0 in float32) for any logit range.
+        masked = ops.where(is_gt, ops.min(z, axis=-1, keepdims=True) - 1000.0, z)
+        return ops.log_softmax(masked, axis=-1)
+
+    zt, zs = t_logits / t, s_logits / t
+    tt, to = binary_log_probs(zt)
+    st, so = binary_log_probs(zs)
+    tckd = ops.exp(tt) * (tt - st) + ops.exp(to) * (to - so)
+    log_pt, log_ps = non_target_log_probs(zt), non_target_log_probs(zs)
+    nckd = ops.sum(ops.exp(log_pt) * (log_pt - log_ps), axis=-1)
+    return t * t * tckd, t * t * nckd
+
+
+def decoupled_kd(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0, temperature=4.0):
+    """Decoupled knowledge distillation (DKD): weighted target and non-target class KD.
+
+    Args:
+        teacher_logits: `(batch, classes)` teacher logits, `classes >= 2` (or
+            `(batch, ..., classes)`, giving per-position values).
+        student_logits: student logits of the same shape.
+        labels: integer class ids `(batch,)` (or `(batch, 1)`), or one-hot / soft labels
+            `(batch, classes)` (their argmax is the target).
+        alpha: weight of the target-class term TCKD.
+        beta: weight of the non-target-class term NCKD.
+        temperature: softening temperature `T > 0`.
+
+    Returns:
+        `(batch,)` float32: `alpha * TCKD + beta * NCKD` per example (see
+        `decoupled_kd_terms`); the batch mean equals the official `dkd_loss`.
+
+    Raises:
+        ValueError: for fewer than 2 classes or labels of an unexpected shape.
+
+    Example:
+        >>> decoupled_kd(teacher_logits, student_logits, y, alpha=1.0, beta=8.0)
+
+    Reference:
+        Zhao, Cui, Song, Qiu & Liang, "Decoupled Knowledge Distillation", CVPR 2022
+        (github.com/megvii-research/mdistiller, mdistiller/distillers/DKD.py `dkd_loss`).
+        `alpha * T^2 KL(b^T || b^S) + beta * T^2 KL(p~^T || p~^S)`,
+        `b = [p_target, 1 - p_target]`, `p~_i = p_i / (1 - p_target)` for `i != target`.
+    """
+    tckd, nckd = decoupled_kd_terms(teacher_logits, student_logits, labels, temperature)
+    return alpha * tckd + beta * nckd
+
+
+def _one_minus_pearson_terms(a, b, axis, eps):
+    """Per-entry terms whose sum over `axis` is `1 - sum(a b) / (||a|| ||b|| + eps)`.
+
+    `a` and `b` are already centred along `axis`. With `x = a / ||a||` and `y = b / ||b||`
+    (unit vectors), `1 - <a, b> / (||a|| ||b|| + eps) = sum(0.5 (x - y)^2 + x y eps /
+    (||a|| ||b|| + eps))`: every term is computed without cancellation (identical inputs give
+    exactly the `eps` part), and a vector of zeros (a batch of one, a row of equal
+    probabilities) counts as `x = 0` with its `sum x^2 = 1` spread evenly, so the sum is
+    `1 - 0 = 1` as in the official code, with finite gradients.
+    """
+    a2 = ops.sum(ops.square(a), axis=axis, keepdims=True)
+    b2 = ops.sum(ops.square(b), axis=axis, keepdims=True)
+    nonzero_a, nonzero_b = a2 > 1e-30, b2 > 1e-30
+    norm_a = ops.sqrt(ops.maximum(a2, 1e-30))  # sqrt has an infinite gradient at 0
+    norm_b = ops.sqrt(ops.maximum(b2, 1e-30))
+    x = ops.where(nonzero_a, a / norm_a, 0.0)
+    y = ops.where(nonzero_b, b / norm_b, 0.0)
+    count = ops.cast(ops.shape(a)[axis], "float32")
+    empty = (ops.cast(ops.logical_not(nonzero_a), "float32")
+             + ops.cast(ops.logical_not(nonzero_b), "float32")) * (0.5 / count)
+    return 0.5 * ops.square(x - y) + x * y * (eps / (norm_a * norm_b + eps)) + empty
+
+
+def dist_kd(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1.0, eps=1e-8):
+    """DIST: Pearson-correlation matching of predictions, across classes and across the batch.
+
+    The inter-class term is per example. The intra-class term is a batch-level quantity (one
+    correlation over the batch per class); it is distributed over the examples as
+    `intra_i = (N / C) * sum_c [(x_ic - y_ic)^2 / 2 + x_ic y_ic eps / (||a_c|| ||b_c|| + eps)]`,
+    with `a`, `b` the student and teacher probabilities centred over the `N` rows of the batch
+    and `x = a / ||a_c||`, `y = b / ||b_c||` (unit columns). Since `sum_i x_ic^2 = 1`, the
+    terms of a class sum to `1 - pearson_c`, so the batch mean of the returned values equals
+    the paper's loss exactly; each share is >= 0 up to the `eps` part, and 0 for identical
+    inputs with `eps = 0`. Sample weights therefore weight the inter-class term exactly and
+    the intra-class term approximately (batch means and norms stay unweighted). Under a
+    distribution strategy the intra-class term is computed over each replica's batch.
+
+    Args:
+        teacher_logits: `(batch, classes)` teacher logits, or `(batch, ..., classes)` for
+            dense outputs (positions are treated as rows, as in the authors' segmentation
+            code, and per-position values are returned).
+        student_logits: student logits of the same shape.
+        beta: weight of the inter-class relation.
+        gamma: weight of the intra-class relation.
+        temperature: softening temperature `T > 0` (the authors use 1 on ImageNet, 4 on
+            CIFAR-100).
+        eps: added to the product of norms, as in the official `cosine_similarity`.
+
+    Returns:
+        float32 tensor of shape `teacher_logits.shape[:-1]`:
+        `T^2 * (beta * inter_i + gamma * intra_i)`, `inter_i = 1 - pearson_c(p^S_i, p^T_i)`.
+
+    Raises:
+        ValueError: for inputs of rank < 2.
+
+    Example:
+        >>> dist_kd(teacher_logits, student_logits)  # (batch,)
+
+    Reference:
+        Huang, You, Wang, Qian & Xu, "Knowledge Distillation from A Stronger Teacher",
+        NeurIPS 2022 (github.com/hunto/image_classification_sota,
+        lib/models/losses/dist_kd.py `DIST`).
+        `T^2 * (beta * (1 - mean_i pearson(Y^S_i,:, Y^T_i,:))
+        + gamma * (1 - mean_c pearson(Y^S_:,c, Y^T_:,c)))`, `Y = softmax(z / T)`.
+    """
+    t_logits, s_logits = _f32(teacher_logits), _f32(student_logits)
+    _static_rank_at_least(t_logits, 2, "dist_kd", "(batch, ..., classes) logits")
+    t = ops.cast(temperature, "float32")
+    classes = t_logits.shape[-1]
+    y_t = ops.reshape(ops.softmax(t_logits / t, axis=-1), (-1, classes))
+    y_s = ops.reshape(ops.softmax(s_logits / t, axis=-1), (-1, classes))
+    # inter-class: per row, Pearson over the classes
+    a = y_s - ops.mean(y_s, axis=-1, keepdims=True)
+    b = y_t - ops.mean(y_t, axis=-1, keepdims=True)
+    inter = ops.sum(_one_minus_pearson_terms(a, b, -1, eps), axis=-1)
+    # intra-class: per class, Pearson over the rows, split into per-row shares
+    a = y_s - ops.mean(y_s, axis=0, keepdims=True)
+    b = y_t - ops.mean(y_t, axis=0, keepdims=True)
+    rows = ops.cast(ops.shape(a)[0], "float32")
+    intra = rows * ops.mean(_one_minus_pearson_terms(a, b, 0, eps), axis=-1)
+    values = t * t * (beta * inter + gamma * intra)
+    return ops.reshape(values, ops.shape(t_logits)[:-1])
+
+
+__all__ += ["decoupled_kd", "decoupled_kd_terms", "dist_kd", "standardize_logits"]

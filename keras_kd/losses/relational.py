@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import keras
 
+from keras_kd import validation
 from keras_kd.losses.base import LOGITS, DistillationLoss, Tap
 from keras_kd.losses.functional import rkd_angle, rkd_distance
-
-
-def _weight(value, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{argument} must be a non-negative number, got {value!r}.")
-    return float(value)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -57,8 +52,8 @@ class RelationalDistillation(DistillationLoss):
                 raise ValueError(f"{arg} must be a layer name or None, got {value!r}.")
         self.teacher_layer = teacher_layer
         self.student_layer = student_layer
-        self.distance_weight = _weight(distance_weight, "distance_weight")
-        self.angle_weight = _weight(angle_weight, "angle_weight")
+        self.distance_weight = validation.non_negative("distance_weight", distance_weight)
+        self.angle_weight = validation.non_negative("angle_weight", angle_weight)
         if self.distance_weight == 0 and self.angle_weight == 0:
             raise ValueError("distance_weight and angle_weight cannot both be 0.")
 

@@ -8,11 +8,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd import validation
 from keras_kd.features import FeatureExtractor
 from keras_kd.losses.base import LOGITS, Tap
 
-CACHE_INPUTS_KEY = "inputs"
-CACHE_OUTPUTS_KEY = "teacher_outputs"
+# A cached batch is a dict with exactly these two keys (names no model input may take): the
+# student's inputs, and the teacher's tensors keyed by `Tap.key`.
+CACHE_INPUTS_KEY = "keras_kd_inputs"
+CACHE_OUTPUTS_KEY = "keras_kd_teacher_outputs"
+
+
+def is_cached_batch(x) -> bool:
+    """Whether `x` is a batch made by `cache_teacher_outputs` (exactly its two reserved keys)."""
+    return (
+        isinstance(x, dict)
+        and set(x) == {CACHE_INPUTS_KEY, CACHE_OUTPUTS_KEY}
+        and isinstance(x[CACHE_OUTPUTS_KEY], dict)
+    )
 
 
 def _is_batched(dataset: tf.data.Dataset, teacher: keras.Model | None) -> bool:
@@ -57,10 +69,13 @@ def cache_teacher_outputs(
     sample_weight=None,
     taps: Sequence[Tap] = (LOGITS,),
     batch_size: int = 256,
+    teacher_input_fn=None,
 ) -> tf.data.Dataset:
     """Runs `teacher` once over `data` and returns a dataset the `Distiller` trains on directly.
 
-    Each element of the result is `({"inputs": x, "teacher_outputs": (t_0, ...)}, y[, w])`,
+    Each element of the result is `({CACHE_INPUTS_KEY: x, CACHE_OUTPUTS_KEY: {tap.key: t}},
+    y[, w])` (the keys are `"keras_kd_inputs"` and `"keras_kd_teacher_outputs"`, names the
+    `Distiller` reserves, so a cached batch is never confused with a model's own input dict),
     unbatched, in the order of `data`: shuffle and batch it yourself. The `Distiller` then
     skips its teacher call, the one irreducible extra cost of distillation.
 
@@ -75,9 +90,11 @@ def cache_teacher_outputs(
             deterministic order (no `reshuffle_each_iteration` before this call).
         y: labels when `data` is an array.
         sample_weight: per-example weights when `data` is an array.
-        taps: which teacher tensors to store, in the order the Distiller's losses need them
-            (`distiller.teacher_taps`). The default stores the logits.
+        taps: which teacher tensors to store (`distiller.teacher_taps`), keyed by `tap.key`.
+            The default stores the logits.
         batch_size: batch size of the teacher pass (and of array inputs).
+        teacher_input_fn: the `Distiller`'s `teacher_input_fn` (student inputs -> teacher
+            inputs), applied before the teacher; the cache keeps the student's inputs.
 
     Returns:
         An unbatched `tf.data.Dataset`.
@@ -87,14 +104,19 @@ def cache_teacher_outputs(
     """
     if not isinstance(teacher, keras.Model):
         raise TypeError(f"teacher must be a keras.Model, got {type(teacher)!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    extractor = FeatureExtractor(teacher, tuple(taps), "teacher")
+    batch_size = validation.positive_int("batch_size", batch_size)
+    if teacher_input_fn is not None and not callable(teacher_input_fn):
+        raise TypeError(
+            f"teacher_input_fn must be callable or None, got {teacher_input_fn!r}.")
+    taps = tuple(taps)
+    extractor = FeatureExtractor(teacher, taps, "teacher")
     dataset = _as_dataset(data, y, sample_weight, batch_size, teacher)
 
     @tf.function(reduce_retracing=True)
     def forward(x):
-        return tuple(tf.cast(t, tf.float32) for t in extractor(x, training=False)[1:])
+        teacher_x = teacher_input_fn(x) if teacher_input_fn is not None else x
+        tensors = extractor(teacher_x, training=False)[1]
+        return tuple(tf.cast(tensors[tap], tf.float32) for tap in taps)
 
     inputs, outputs, rest = [], None, None
     for element in dataset:
@@ -113,7 +135,9 @@ def cache_teacher_outputs(
     x_all = tf.nest.map_structure(lambda *parts: np.concatenate(parts), *inputs)
     features = {
         CACHE_INPUTS_KEY: x_all,
-        CACHE_OUTPUTS_KEY: tuple(np.concatenate(store) for store in outputs),
+        CACHE_OUTPUTS_KEY: {
+            tap.key: np.concatenate(store) for tap, store in zip(taps, outputs)
+        },
     }
     tail = tuple(np.concatenate(store) for store in rest)
     return tf.data.Dataset.from_tensor_slices((features, *tail))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import keras
@@ -10,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_kd import validation
 from keras_kd.features import FeatureExtractor
 from keras_kd.losses.base import LOGITS
 from keras_kd.teachers.cached import CACHE_INPUTS_KEY, CACHE_OUTPUTS_KEY, _as_dataset
@@ -77,8 +77,7 @@ def combine_teacher_logits(
         Hinton, Vinyals & Dean 2015 (ensemble as teacher); You et al., "Learning from Multiple
         Teacher Networks", KDD 2017 (averaged soft targets).
     """
-    if combine not in COMBINE_MODES:
-        raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}.")
+    validation.one_of("combine", combine, COMBINE_MODES)
     z = ops.cast(teacher_logits, "float32")
     w = ops.cast(weights, "float32")
     if combine == "logits":
@@ -95,16 +94,12 @@ def combine_teacher_logits(
 def _normalized_weights(weights, count: int) -> list[float]:
     if weights is None:
         return [1.0 / count] * count
-    weights = list(weights)
-    if len(weights) != count:
-        raise ValueError(f"weights has {len(weights)} entries for {count} teachers; give one each.")
-    for i, w in enumerate(weights):
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise TypeError(f"weights[{i}] must be a number, got {w!r}.")
-        if not (math.isfinite(w) and w > 0):
-            raise ValueError(f"weights[{i}] must be finite and > 0, got {w}.")
-    total = float(sum(weights))
-    return [float(w) / total for w in weights]
+    hint = "Give one positive weight per teacher, in the order of teachers."
+    weights = validation.weights("weights", weights, count, hint=hint)
+    # The log of each weight enters the combination: a zero weight is refused, not dropped.
+    weights = [validation.positive(f"weights[{i}]", w, hint=hint) for i, w in enumerate(weights)]
+    total = sum(weights)
+    return [w / total for w in weights]
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -166,20 +161,18 @@ class Ensemble(keras.Model):
         for i, teacher in enumerate(teachers):
             if not isinstance(teacher, keras.Model):
                 raise TypeError(f"teachers[{i}] must be a keras.Model, got {type(teacher)!r}.")
-        if combine not in COMBINE_MODES:
-            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}.")
-        if confidence not in CONFIDENCE_SOURCES:
-            raise ValueError(f"confidence must be one of {CONFIDENCE_SOURCES}, got {confidence!r}.")
+        validation.one_of("combine", combine, COMBINE_MODES)
+        validation.one_of("confidence", confidence, CONFIDENCE_SOURCES)
+        # A variable is checked on its current value; a scheduler then keeps it finite and > 0.
+        value = validation.positive(
+            "temperature", temperature, hint="Pass the soft-target loss temperature, e.g. 4.0."
+        )
         if isinstance(temperature, keras.Variable):
             # Read, not owned: bypass Keras attribute tracking so the loss's variable is not
             # also saved as a weight of the ensemble (a reloaded ensemble gets the float value).
             object.__setattr__(self, "_temperature", temperature)
         else:
-            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-                raise TypeError(f"temperature must be a positive number, got {temperature!r}.")
-            if not temperature > 0:
-                raise ValueError(f"temperature must be > 0, got {temperature}.")
-            self._temperature = float(temperature)
+            self._temperature = value
         self.teachers = teachers
         for teacher in teachers:
             teacher.trainable = False
@@ -196,7 +189,7 @@ class Ensemble(keras.Model):
 
     def teacher_logits(self, inputs):
         """`(teachers, batch, classes)` float32 logits of every teacher (`training=False`)."""
-        logits = [ops.cast(e(inputs, training=False)[1], "float32") for e in self._extractors]
+        logits = [ops.cast(e.logits(inputs), "float32") for e in self._extractors]
         shapes = {tuple(z.shape[1:]) for z in logits}
         if len(shapes) > 1:
             raise ValueError(f"The teachers predict different output shapes {sorted(shapes)}.")
@@ -283,8 +276,7 @@ def cache_ensemble_logits(
     """
     if not isinstance(ensemble, Ensemble):
         raise TypeError(f"ensemble must be a keras_kd.teachers.Ensemble, got {type(ensemble)!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = validation.positive_int("batch_size", batch_size)
     dataset = _as_dataset(data, y, sample_weight, batch_size)
 
     @tf.function(reduce_retracing=True)
@@ -306,6 +298,6 @@ def cache_ensemble_logits(
         raise ValueError("cache_ensemble_logits got an empty dataset.")
     features = {
         CACHE_INPUTS_KEY: tf.nest.map_structure(lambda *parts: np.concatenate(parts), *inputs),
-        CACHE_OUTPUTS_KEY: (np.concatenate(logits),),
+        CACHE_OUTPUTS_KEY: {LOGITS.key: np.concatenate(logits)},
     }
     return tf.data.Dataset.from_tensor_slices((features, *(np.concatenate(s) for s in rest)))

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_kd import validation
 from keras_kd.features import FeatureExtractor
 from keras_kd.losses.base import LOGITS
 
@@ -100,7 +101,14 @@ def _check_subsets(class_subsets, num_specialists: int) -> list[list[int]]:
         )
     subsets = []
     for m, subset in enumerate(class_subsets):
-        subset = [int(c) for c in subset]
+        if not isinstance(subset, (list, tuple, np.ndarray)):
+            raise TypeError(
+                f"class_subsets[{m}] must be a list of class ids, got {class_subsets[m]!r}."
+            )
+        subset = [
+            validation.non_negative_int(f"class_subsets[{m}][{j}]", c)
+            for j, c in enumerate(subset)
+        ]
         if not subset or len(set(subset)) != len(subset):
             raise ValueError(
                 f"class_subsets[{m}] must be a non-empty list of distinct class ids, "
@@ -175,23 +183,21 @@ class Specialists(keras.Model):
                 raise ValueError(
                     f"class_subsets[{m}] = {subset} has ids outside [0, {num_classes})."
                 )
-        if top_k is not None and (
-            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
-        ):
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise TypeError(f"temperature must be a positive number, got {temperature!r}.")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}.")
+        if top_k is not None:
+            top_k = validation.positive_int(
+                "top_k", top_k, hint="Pass None to use every specialist on every example."
+            )
+        temperature = validation.positive(
+            "temperature", temperature, hint="Pass the soft-target loss temperature, e.g. 4.0."
+        )
+        iterations = validation.positive_int("iterations", iterations)
         self.generalist = generalist
         self.specialists = list(specialists)
         for model in (generalist, *self.specialists):
             model.trainable = False
         self.class_subsets = subsets
         self.top_k = top_k
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.iterations = iterations
         self._generalist = FeatureExtractor(generalist, (LOGITS,), "generalist")
         self._specialists = [FeatureExtractor(s, (LOGITS,), "specialist") for s in specialists]
@@ -199,12 +205,12 @@ class Specialists(keras.Model):
 
     def call(self, inputs, training=None):
         t = self.temperature
-        g_logits = ops.cast(self._generalist(inputs, training=False)[1], "float32")
+        g_logits = ops.cast(self._generalist.logits(inputs), "float32")
         num_classes = g_logits.shape[-1]
         p_g = ops.softmax(g_logits / t, axis=-1)
         specialist_probs = []
         for m, extractor in enumerate(self._specialists):
-            logits = ops.cast(extractor(inputs, training=False)[1], "float32")
+            logits = ops.cast(extractor.logits(inputs), "float32")
             if logits.shape[-1] != len(self.class_subsets[m]) + 1:
                 raise ValueError(
                     f"specialists[{m}] has {logits.shape[-1]} outputs; it must have one per "

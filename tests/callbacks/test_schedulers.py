@@ -87,7 +87,9 @@ def test_temperature_scheduler_errors():
         distiller.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
                       callbacks=[TemperatureScheduler(lambda epoch: 2.0)])
     distiller, x, y, _, _ = setup(SoftTargetDistillation(4.0))
-    with pytest.raises(ValueError, match="need > 0"):
+    # keras_kd.validation's wording, naming the schedule and the epoch.
+    with pytest.raises(ValueError, match=r"schedule .*<lambda>\(0\) must be a finite real "
+                                         r"number > 0, got 0\.0"):
         distiller.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
                       callbacks=[TemperatureScheduler(lambda epoch: 0.0)])
     with pytest.raises(TypeError, match="schedule"):
@@ -137,3 +139,92 @@ def test_loss_weight_scheduler_errors():
         LossWeightScheduler()
     with pytest.raises(TypeError, match="student_loss_weight"):
         LossWeightScheduler(student_loss_weight=0.5)
+
+
+def _temperature(distiller):
+    return float(to_np(distiller.distillation_losses[0].temperature))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -2.0, np.float32("nan")])
+def test_temperature_schedule_giving_nan_inf_or_non_positive_is_refused(bad):
+    distiller, x, y, _, _ = setup(SoftTargetDistillation(4.0))
+    before = [w.copy() for w in distiller.student.get_weights()]
+
+    def cooling(epoch):
+        return 3.0 if epoch == 0 else bad
+
+    with pytest.raises(ValueError) as info:
+        distiller.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
+                      callbacks=[TemperatureScheduler(cooling)])
+    message = str(info.value)
+    assert message.startswith(
+        "TemperatureScheduler: schedule test_temperature_schedule_giving_nan_inf_or_non_positive"
+        "_is_refused.<locals>.cooling(1) must be a finite real number > 0, got "
+    ), message
+    assert _temperature(distiller) == 3.0  # epoch 0's value; the bad one was never assigned
+    for got, want in zip(distiller.student.get_weights(), before):  # learning rate is 0
+        np.testing.assert_array_equal(got, want)
+
+
+def test_temperature_schedule_may_return_numpy_scalars_and_tensors():
+    distiller, x, y, _, _ = setup(SoftTargetDistillation(4.0), student_loss_weight=0.0)
+    values = [np.float32(2.5), keras.ops.convert_to_tensor(1.5)]
+    history = distiller.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
+                            callbacks=[TemperatureScheduler(lambda e: values[e])]).history
+    assert history["temperature"] == [2.5, 1.5]
+
+
+def test_schedule_with_a_defaulted_second_parameter_gets_only_the_epoch():
+    """D9: `lambda epoch, base=8.0: ...` keeps its own default; the current value is not passed."""
+    distiller, x, y, _, _ = setup(SoftTargetDistillation(4.0), student_loss_weight=0.0)
+    seen = []
+
+    def halving(epoch, base=8.0):
+        seen.append(base)
+        return base / 2**epoch
+
+    history = distiller.fit(x, y, batch_size=BATCH, epochs=3, verbose=0,
+                            callbacks=[TemperatureScheduler(halving)]).history
+    assert seen == [8.0, 8.0, 8.0]
+    assert history["temperature"] == [8.0, 4.0, 2.0]
+    # The same with a lambda, and a required second parameter still receives the current value.
+    distiller, x, y, _, _ = setup(SoftTargetDistillation(4.0), student_loss_weight=0.0)
+    history = distiller.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[
+        TemperatureScheduler(lambda epoch, base=8.0: base + epoch)]).history
+    assert history["temperature"] == [8.0, 9.0]
+    distiller, x, y, _, _ = setup(SoftTargetDistillation(4.0), student_loss_weight=0.0)
+    history = distiller.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[
+        TemperatureScheduler(lambda epoch, current: current + 1.0)]).history
+    assert history["temperature"] == [5.0, 6.0, 7.0]
+
+
+def test_temperature_schedule_signature_is_checked_at_construction():
+    for bad in (lambda: 1.0, lambda epoch, current, extra: 1.0, lambda epoch, *, k: 1.0):
+        with pytest.raises(TypeError, match=r"schedule must be callable as schedule\(epoch\) "
+                                            r"or schedule\(epoch, current\)"):
+            TemperatureScheduler(bad)
+    TemperatureScheduler(lambda *args: 1.0)  # called as schedule(epoch)
+    TemperatureScheduler(max)  # no introspectable signature: called as schedule(epoch)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_loss_weight_schedules_giving_nan_or_inf_are_refused_before_any_assignment(bad):
+    distiller, x, y, _, _ = setup(
+        [SoftTargetDistillation(2.0), LogitMatchingDistillation()], student_loss_weight=0.2
+    )
+    callback = LossWeightScheduler(student_loss_weight=lambda e: bad)
+    with pytest.raises(ValueError, match=r"LossWeightScheduler: student_loss_weight schedule "
+                                         r".*<lambda>\(0\) must be a real number in \[0, 1\]"):
+        distiller.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
+
+    def paths(epoch):
+        return [1.0, bad]
+
+    # A valid alpha is not assigned either when the path weights of the same epoch are refused.
+    callback = LossWeightScheduler(student_loss_weight=lambda e: 0.9,
+                                   distillation_loss_weights=paths)
+    with pytest.raises(ValueError, match=r"distillation_loss_weights schedule .*paths\(0\)\[1\] "
+                                         r"must be a non-negative finite real number"):
+        distiller.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
+    assert float(to_np(distiller.student_loss_weight)) == pytest.approx(0.2)
+    np.testing.assert_array_equal(to_np(distiller.path_weighting.weights_variable), [1.0, 1.0])

@@ -5,16 +5,14 @@ Converting is the slow part (a few seconds per file), so each file is converted 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
 
-from keras_kd.datasets import read_idx
+from keras_kd.datasets import SHIPPED_MNIST_DIR, read_idx
 from keras_kd.export import to_tflite
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
+MNIST_DIR = SHIPPED_MNIST_DIR  # the four MNIST files the package ships: no ../shared needed
 NUM_TRAIN = 12000
 NUM_TEST = 2000
 

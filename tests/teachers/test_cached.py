@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
+from keras_kd.teachers.cached import CACHE_INPUTS_KEY, CACHE_OUTPUTS_KEY
 
 
 def to_np(value, dtype=None):
@@ -76,18 +77,19 @@ def test_cached_step_equals_live_teacher_step_and_skips_the_teacher(softmax_teac
 
     cached = keras_kd.cache_teacher_logits(teacher, x, y, SAMPLE_WEIGHT, batch_size=3)
     features, labels, weights = next(iter(cached.batch(BATCH)))
-    np.testing.assert_array_equal(features["inputs"].numpy(), x)
+    np.testing.assert_array_equal(features[CACHE_INPUTS_KEY].numpy(), x)
     np.testing.assert_array_equal(labels.numpy(), y)
     np.testing.assert_array_equal(weights.numpy(), SAMPLE_WEIGHT)
     want_logits = np.asarray(teacher(x))
     if softmax_teacher:  # the cache holds logits, not probabilities
         want_logits = np.log(want_logits.astype(np.float64))
-        got = features["teacher_outputs"][0].numpy()
+        got = features[CACHE_OUTPUTS_KEY]["logits"].numpy()
         got = got - got.max(-1, keepdims=True)
         want_logits = want_logits - want_logits.max(-1, keepdims=True)
         np.testing.assert_allclose(got, want_logits, atol=1e-5)
     else:
-        np.testing.assert_allclose(features["teacher_outputs"][0].numpy(), want_logits, atol=1e-6)
+        np.testing.assert_allclose(features[CACHE_OUTPUTS_KEY]["logits"].numpy(), want_logits,
+                                   atol=1e-6)
 
     student.set_weights(initial)
     calls_before = float(to_np(t_counter.calls))
@@ -140,11 +142,11 @@ def test_cache_with_wrong_number_of_tensors_raises():
     x, y = data(4)
     logits = np.asarray(teacher(x))
     bad = tf.data.Dataset.from_tensor_slices(
-        ({"inputs": x, "teacher_outputs": (logits, logits)}, y)
+        ({CACHE_INPUTS_KEY: x, CACHE_OUTPUTS_KEY: {"t_hidden": logits}}, y)
     ).batch(BATCH)
     distiller = keras_kd.Distiller(teacher, student)
     distiller.compile(keras.optimizers.SGD(0.5), loss=hard_loss())
-    with pytest.raises(ValueError, match="2 cached teacher tensor"):
+    with pytest.raises(ValueError, match=r"(?s)cached teacher outputs \['t_hidden'\].*'logits'"):
         distiller.fit(bad, epochs=1, verbose=0)
 
 
@@ -170,9 +172,9 @@ def test_cache_accepts_batched_and_unbatched_datasets(form):
         dataset = dataset.batch(4, drop_remainder=True)
     cached = keras_kd.cache_teacher_logits(teacher, dataset)
     features, labels = next(iter(cached.batch(2 * BATCH)))
-    np.testing.assert_array_equal(features["inputs"].numpy(), x)
+    np.testing.assert_array_equal(features[CACHE_INPUTS_KEY].numpy(), x)
     np.testing.assert_array_equal(labels.numpy(), y)
-    np.testing.assert_allclose(features["teacher_outputs"][0].numpy(), to_np(teacher(x)),
+    np.testing.assert_allclose(features[CACHE_OUTPUTS_KEY]["logits"].numpy(), to_np(teacher(x)),
                                atol=1e-6)
 
 

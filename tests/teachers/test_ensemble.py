@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import keras_kd
 from keras_kd.teachers import Ensemble, cache_ensemble_logits
+from keras_kd.teachers.cached import CACHE_INPUTS_KEY, CACHE_OUTPUTS_KEY
 from keras_kd.teachers.ensemble import combine_teacher_logits, confidence_weights
 
 NUM_FEATURES, NUM_CLASSES = 6, 5
@@ -126,10 +127,11 @@ def test_label_confidence_through_cache_matches_numpy():
     c_ref = np_confidence(z, W, 2.0, y)
     np.testing.assert_allclose(c_ref.sum(0), 1.0, atol=1e-12)
     np.testing.assert_allclose(
-        features["teacher_outputs"][0].numpy(), np_probability_average(z, c_ref, 2.0), atol=1e-5
+        features[CACHE_OUTPUTS_KEY]["logits"].numpy(), np_probability_average(z, c_ref, 2.0),
+        atol=1e-5,
     )
     np.testing.assert_array_equal(labels.numpy(), y)
-    np.testing.assert_allclose(features["inputs"].numpy(), x)
+    np.testing.assert_allclose(features[CACHE_INPUTS_KEY].numpy(), x)
     c = keras.ops.convert_to_numpy(ens.weights_per_example(x, labels=y))
     np.testing.assert_allclose(c, c_ref, atol=1e-6)
 
@@ -208,9 +210,11 @@ def test_keras_round_trip(tmp_path):
 
 def test_invalid_arguments_name_the_problem():
     teachers = _teachers()
-    with pytest.raises(ValueError, match="weights has 2 entries for 3 teachers"):
+    # Wording of keras_kd.validation (one form for every argument check in the library).
+    with pytest.raises(ValueError, match=r"weights must be a sequence of 3 non-negative finite "
+                                         r"real numbers, got \[1.0, 2.0\]\. Give one positive"):
         Ensemble(teachers, weights=[1.0, 2.0])
-    with pytest.raises(ValueError, match=r"weights\[1\] must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"weights\[1\] must be a finite real number > 0, got 0.0"):
         Ensemble(teachers, weights=[1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="combine must be one of"):
         Ensemble(teachers, combine="median")
@@ -218,5 +222,36 @@ def test_invalid_arguments_name_the_problem():
         Ensemble([])
     with pytest.raises(TypeError, match=r"teachers\[1\] must be a keras.Model"):
         Ensemble([teachers[0], "model"])
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite real number > 0, got 0.0"):
         Ensemble(teachers, temperature=0.0)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), np.float32("inf")])
+def test_non_finite_temperature_and_weights_are_refused(bad):
+    teachers = _teachers()
+    with pytest.raises(ValueError, match="temperature must be a finite real number > 0"):
+        Ensemble(teachers, temperature=bad)
+    with pytest.raises(ValueError, match="temperature must be a finite real number > 0"):
+        Ensemble(teachers, temperature=keras.Variable(bad, trainable=False))
+    with pytest.raises(ValueError, match=r"weights\[2\] must be a non-negative finite real"):
+        Ensemble(teachers, weights=[1.0, 1.0, bad])
+    with pytest.raises(ValueError, match="combine must be one of"):
+        combine_teacher_logits(np.zeros((3, 2, NUM_CLASSES), "float32"), W, "median")
+
+
+def test_numpy_scalars_are_accepted_and_types_refused():
+    teachers, x = _teachers(), _x()
+    ens = Ensemble(teachers, [np.float32(w) for w in WEIGHTS], temperature=np.float64(2.0))
+    ref = Ensemble(teachers, WEIGHTS, temperature=2.0)
+    assert ens.temperature == 2.0 and ens.teacher_weights == pytest.approx(list(W))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ens(x)),
+                               keras.ops.convert_to_numpy(ref(x)), atol=1e-6)
+    for bad in ("4", True, None):
+        with pytest.raises(TypeError, match="temperature must be a finite real number > 0"):
+            Ensemble(teachers, temperature=bad)
+    with pytest.raises(TypeError, match=r"weights\[0\] must be a non-negative finite"):
+        Ensemble(teachers, weights=[True, 1.0, 1.0])
+    with pytest.raises(TypeError, match="combine must be one of"):
+        Ensemble(teachers, combine=None)
+    with pytest.raises(TypeError, match="batch_size must be a positive integer"):
+        cache_ensemble_logits(ens, x, np.zeros(len(x), "int64"), batch_size=8.0)

@@ -181,3 +181,35 @@ def test_invalid_arguments_name_the_problem():
     teacher = Specialists(generalist, specialists, [[0, 1, 3], [4, 2, 5]])
     with pytest.raises(ValueError, match=r"specialists\[0\] has 3 outputs"):
         teacher(np.zeros((1, NUM_FEATURES), "float32"))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0.0, np.float32("inf")])
+def test_non_finite_or_non_positive_temperature_is_refused(bad):
+    generalist, specialists = _models()
+    with pytest.raises(ValueError, match="temperature must be a finite real number > 0"):
+        Specialists(generalist, specialists, SUBSETS, temperature=bad)
+
+
+def test_argument_types_are_checked_not_truncated():
+    generalist, specialists = _models()
+    with pytest.raises(TypeError, match="temperature must be a finite real number > 0, got '4'"):
+        Specialists(generalist, specialists, SUBSETS, temperature="4")
+    with pytest.raises(TypeError, match="top_k must be a positive integer, got True"):
+        Specialists(generalist, specialists, SUBSETS, top_k=True)
+    with pytest.raises(ValueError, match="top_k must be a positive integer, got 0"):
+        Specialists(generalist, specialists, SUBSETS, top_k=0)
+    with pytest.raises(TypeError, match="iterations must be a positive integer, got 2.0"):
+        Specialists(generalist, specialists, SUBSETS, iterations=2.0)
+    # A float class id was silently truncated by int() before.
+    with pytest.raises(TypeError, match=r"class_subsets\[1\]\[0\] must be a non-negative "
+                                        r"integer, got 4.5"):
+        Specialists(generalist, specialists, [[0, 1], [4.5, 2, 5]])
+    with pytest.raises(ValueError, match=r"class_subsets\[0\]\[1\] must be a non-negative "
+                                         r"integer, got -1"):
+        Specialists(generalist, specialists, [[0, -1], [4, 2, 5]])
+    with pytest.raises(TypeError, match=r"class_subsets\[0\] must be a list of class ids"):
+        Specialists(generalist, specialists, [3, [4, 2, 5]])
+    teacher = Specialists(generalist, specialists, [np.array([0, 1]), [np.int64(4), 2, 5]],
+                          top_k=np.int64(2), temperature=np.float32(2.0))
+    assert teacher.class_subsets == SUBSETS and teacher.top_k == 2
+    assert teacher.temperature == 2.0 and type(teacher.temperature) is float

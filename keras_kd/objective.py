@@ -1,0 +1,360 @@
+"""The step machinery every keras_kd training model shares.
+
+A training step has two parts. The *forward passes* are what makes each way of training
+different: a frozen teacher and a student (`Distiller`), a cohort of peers (`online.
+MutualLearning`), a booster and a light net sharing layers (`online.RocketLaunching`), ...
+Everything else is the same for all of them and lives here, once:
+
+- loss terms are computed per example (or per position) in float32 and reduced like Keras
+  losses with `sample_weight` / `class_weight`: `mean(w * l)` over every element, i.e.
+  `sum(w * l) / batch_size` for per-example values and Keras's temporal convention
+  `sum(w * l) / (batch * steps)` for per-position values with a `(batch, steps)` weight
+  (`weighted_mean`);
+- the compiled label loss becomes unreduced per-example values with its labels checked
+  (`LabelLoss`);
+- under `tf.distribute` the per-replica loss is divided by the number of replicas (Keras's own
+  trainer does the same), then `optimizer.scale_loss` is applied;
+- one `Mean` tracker per logged key, plus the compiled metrics of one prediction or of several
+  named predictions (`peer0_accuracy`, ...).
+
+`TrainingModel` holds that `train_step` / `test_step`; a subclass only implements
+`compute_step` (and, if it has a frozen model to run outside the gradient tape, `signals`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+_SPARSE_LOSS_NAMES = ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy")
+_DENSE_LOSS_NAMES = (
+    "categorical_crossentropy",
+    "CategoricalCrossentropy",
+    "kl_divergence",
+    "KLDivergence",
+    "categorical_focal_crossentropy",
+    "CategoricalFocalCrossentropy",
+)
+_BINARY_LOSS_NAMES = (
+    "binary_crossentropy",
+    "BinaryCrossentropy",
+    "binary_focal_crossentropy",
+    "BinaryFocalCrossentropy",
+)
+_REGRESSION_LOSS_NAMES = (
+    "mean_squared_error",
+    "MeanSquaredError",
+    "mse",
+    "mean_absolute_error",
+    "MeanAbsoluteError",
+    "mae",
+    "huber",
+    "Huber",
+    "log_cosh",
+    "LogCosh",
+)
+_PROBABILITY_CE_NAMES = _SPARSE_LOSS_NAMES + (
+    "categorical_crossentropy",
+    "CategoricalCrossentropy",
+    "categorical_focal_crossentropy",
+    "CategoricalFocalCrossentropy",
+) + _BINARY_LOSS_NAMES
+
+
+def num_replicas() -> int:
+    """Replicas of the current `tf.distribute` strategy (1 outside any strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def weighted_mean(values, sample_weight=None):
+    """Keras's `sum_over_batch_size` reduction: `mean(w * l)` over every element of `values`.
+
+    Args:
+        values: `(batch,)` per-example or `(batch, steps, ...)` per-position float32 losses.
+        sample_weight: `None`, `(batch,)` (or `(batch, 1)`) per-example weights, or weights
+            shaped like the leading axes of `values` (e.g. a `(batch, steps)` padding mask).
+            Per-example `values` with per-position weights take each example's mean weight.
+
+    Returns:
+        A float32 scalar: `sum(w * l) / values.size`, which is `sum_b w_b l_b / batch` for
+        per-example values and `sum_{b,t} w_bt l_bt / (batch * steps)` for per-position values,
+        exactly as a Keras loss reduces them.
+    """
+    values = ops.cast(values, "float32")
+    if sample_weight is None:
+        return ops.mean(values)
+    weight = ops.cast(sample_weight, "float32")
+    v_rank, w_rank = len(values.shape), len(weight.shape)
+    if w_rank == v_rank + 1 and weight.shape[-1] == 1:
+        weight = ops.squeeze(weight, axis=-1)
+        w_rank -= 1
+    if w_rank > v_rank:
+        weight = ops.mean(weight, axis=tuple(range(v_rank, w_rank)))
+        w_rank = v_rank
+    while w_rank < v_rank:
+        weight = ops.expand_dims(weight, -1)
+        w_rank += 1
+    return ops.mean(values * weight)
+
+
+def loss_name(loss) -> str:
+    """The class name of a `keras.losses.Loss`, or the `__name__` of a loss function."""
+    if isinstance(loss, keras.losses.Loss):
+        return type(loss).__name__
+    return getattr(loss, "__name__", type(loss).__name__)
+
+
+def label_kind(loss) -> str | None:
+    """What a compiled loss says about the outputs: "categorical", "bernoulli", "regression"."""
+    name = loss_name(loss)
+    if name in _SPARSE_LOSS_NAMES or name in _DENSE_LOSS_NAMES:
+        return "categorical"
+    if name in _BINARY_LOSS_NAMES:
+        return "bernoulli"
+    if name in _REGRESSION_LOSS_NAMES:
+        return "regression"
+    return None
+
+
+def reads_probabilities(loss) -> bool:
+    """True for a cross-entropy that expects probabilities (`from_logits=False`)."""
+    if loss_name(loss) not in _PROBABILITY_CE_NAMES:
+        return False
+    if isinstance(loss, keras.losses.Loss):
+        return not loss.get_config().get("from_logits", False)
+    return True  # the string / function forms default to from_logits=False
+
+
+class LabelLoss:
+    """The compiled label loss, as unreduced float32 values with its labels checked.
+
+    Args:
+        loss: anything `keras.losses.get` accepts (a `Loss`, a name, a function).
+
+    Calling it with `(y, y_pred)` returns the loss per example (or per position for sequence
+    outputs), before any reduction, so `weighted_mean` applies the sample weights.
+    """
+
+    def __init__(self, loss):
+        self.config = loss
+        self.fn = keras.losses.get(loss)
+        if self.fn is None or not callable(self.fn):
+            raise ValueError(
+                f"compile(loss=...) got {loss!r}, which is not a Keras loss: pass e.g. "
+                "keras.losses.SparseCategoricalCrossentropy(from_logits=True)."
+            )
+        self.name = loss_name(self.fn)
+        self.kind = label_kind(self.fn)
+        self.reads_probabilities = reads_probabilities(self.fn)
+
+    def check_labels(self, y, y_pred) -> None:
+        """Refuses labels whose shape cannot match the compiled loss, before any update."""
+        y_shape, p_shape = tuple(y.shape), tuple(y_pred.shape)
+        if self.name in _SPARSE_LOSS_NAMES:
+            ok = len(y_shape) == len(p_shape) - 1 or (
+                len(y_shape) == len(p_shape) and y_shape[-1] == 1
+            )
+            if not ok:
+                raise ValueError(
+                    f"Labels of shape {y_shape} do not fit the compiled loss '{self.name}', "
+                    f"which expects integer class ids of shape {p_shape[:-1]} for predictions "
+                    f"of shape {p_shape}. For one-hot labels compile with "
+                    "'categorical_crossentropy'."
+                )
+        elif self.name in _DENSE_LOSS_NAMES:
+            if len(y_shape) != len(p_shape) or y_shape[-1] != p_shape[-1]:
+                raise ValueError(
+                    f"Labels of shape {y_shape} do not fit the compiled loss '{self.name}', "
+                    f"which expects one-hot labels shaped like the predictions {p_shape}. For "
+                    "integer class ids compile with 'sparse_categorical_crossentropy'."
+                )
+
+    def __call__(self, y, y_pred):
+        self.check_labels(y, y_pred)
+        y_pred = ops.cast(y_pred, "float32")
+        fn = self.fn
+        values = fn.call(y, y_pred) if isinstance(fn, keras.losses.Loss) else fn(y, y_pred)
+        values = ops.cast(values, "float32")
+        if len(values.shape) == 0:
+            raise ValueError(
+                f"The compiled loss '{self.name}' returned a scalar; keras_kd needs one value "
+                "per example to apply sample weights. Pass a keras.losses.Loss or a loss "
+                "function that returns per-example values."
+            )
+        return values
+
+
+def warn_if_probability_loss_on_logits(label_loss: LabelLoss, model: keras.Model, role: str,
+                                       outputs_logits: bool) -> None:
+    """Warns when a `from_logits=False` cross-entropy is compiled for a logits model."""
+    if outputs_logits and label_loss.reads_probabilities:
+        try:
+            last = f" (its last layer '{model.outputs[0]._keras_history.operation.name}' has no "
+            last += "activation)"
+        except (AttributeError, ValueError, IndexError, TypeError):
+            last = ""
+        warnings.warn(
+            f"compile(loss={label_loss.config!r}) reads the {role} '{model.name}''s outputs as "
+            f"probabilities (from_logits=False), but that model outputs logits{last}: the label "
+            "loss would be wrong. Pass e.g. loss=keras.losses.SparseCategoricalCrossentropy("
+            "from_logits=True), or end the model in keras.layers.Softmax().",
+            stacklevel=3,
+        )
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What one step's forward passes produce.
+
+    Attributes:
+        loss: the scalar to minimise, already reduced with `weighted_mean`.
+        logs: reduced scalars keyed by their log name (`"loss"`, `"student_loss"`, ...); each
+            is tracked by a `Mean` weighted by the batch size.
+        predictions: what the compiled metrics see: one tensor, or a dict keyed by the names
+            in `TrainingModel.prediction_names` (metrics are then logged as
+            `<name>_<metric>`).
+        gauges: values logged as they are at each step (e.g. learned loss weights); optional.
+    """
+
+    loss: Any
+    logs: Mapping[str, Any]
+    predictions: Any
+    gauges: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class TrainingModel(keras.Model):
+    """Base of every keras_kd training model: one `train_step` / `test_step` for all of them.
+
+    Subclasses call `self.track(names, gauge_names)` in `__init__` with every key they log and
+    implement `compute_step(x, y, sample_weight, signals, training) -> StepResult`. Models
+    with several named predictions set `prediction_names`; `compile(metrics=[...])` then gives
+    every prediction its own copy of the metrics. `signals(x)` runs what must stay outside the
+    gradient tape (a frozen teacher) and may change the inputs (cached batches).
+
+    `compile(loss=...)` is the label loss; it is available to `compute_step` as
+    `self.label_loss` (a `LabelLoss`, or `None` when no loss was given).
+    """
+
+    prediction_names: Sequence[str] | None = None
+
+    def track(self, names: Sequence[str], gauge_names: Sequence[str] = ()) -> None:
+        """Creates one `Mean` tracker per logged key (batch-weighted) and per gauge."""
+        if len(set(names) | set(gauge_names)) != len(names) + len(gauge_names):
+            raise ValueError(f"Logged keys must be distinct, got {list(names)} and "
+                             f"{list(gauge_names)}.")
+        self.step_trackers = [keras.metrics.Mean(name=name) for name in names]
+        self.gauge_trackers = [keras.metrics.Mean(name=name) for name in gauge_names]
+        self.label_loss = None
+        self._label_loss_config = None
+        self._metrics_config = None
+
+    # ------------------------------------------------------------------ compile / metrics
+    def compile(self, optimizer="adam", loss=None, metrics=None,
+                jit_compile: bool | str = False, **kwargs):
+        """Configures training; `loss` is the label loss, `metrics` those of the predictions.
+
+        Args:
+            optimizer: the optimizer of every trainable variable.
+            loss: the label loss (e.g. `keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True)`), or `None` when the objective needs no labels.
+            metrics: metrics of the predictions (a list; with several named predictions each
+                gets its own copy, logged as `<name>_<metric>`), or a dict keyed by
+                prediction name.
+            jit_compile: `False` by default: XLA made these steps slower on the CPUs measured
+                (BENCHMARKS.md). Pass `True` or `"auto"` to opt in.
+            **kwargs: passed to `keras.Model.compile` (`steps_per_execution`, ...).
+        """
+        self.label_loss = LabelLoss(loss) if loss is not None else None
+        self._label_loss_config = loss
+        self.check_compile(self.label_loss)
+        if self.prediction_names and metrics is not None and not isinstance(metrics, dict):
+            metrics = {name: list(metrics) for name in self.prediction_names}
+        self._metrics_config = metrics
+        super().compile(
+            optimizer=optimizer, loss=None, metrics=metrics, jit_compile=jit_compile, **kwargs
+        )
+
+    def check_compile(self, label_loss: LabelLoss | None) -> None:
+        """Refuses a label loss the model cannot use (subclasses override)."""
+
+    def get_compile_config(self) -> dict:
+        if not self.compiled:
+            return {}
+        return {
+            "optimizer": keras.saving.serialize_keras_object(self.optimizer),
+            "loss": keras.saving.serialize_keras_object(self._label_loss_config),
+            "metrics": keras.saving.serialize_keras_object(self._metrics_config),
+        }
+
+    def compile_from_config(self, config: dict) -> None:
+        config = keras.saving.deserialize_keras_object(config)
+        metrics = config.get("metrics")
+        if self.prediction_names and isinstance(metrics, dict):
+            # compile() expands a list per prediction; give it back the list form.
+            first = metrics.get(self.prediction_names[0])
+            if all(metrics.get(n) == first for n in self.prediction_names):
+                config["metrics"] = first
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        metrics = list(self.step_trackers) + list(self.gauge_trackers)
+        if self.compiled and self._compile_metrics is not None:
+            metrics.append(self._compile_metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ the step
+    def signals(self, x):
+        """Runs what stays outside the gradient tape; returns `(model inputs, signals)`."""
+        return x, None
+
+    def compute_step(self, x, y, sample_weight, signals, training: bool) -> StepResult:
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_step().")
+
+    def step_variables(self) -> list:
+        """The variables the optimizer updates this step (default: all trainable ones)."""
+        return self.trainable_variables
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, signals = self.signals(x)
+        with tf.GradientTape() as tape:
+            result = self.compute_step(x, y, sample_weight, signals, training=True)
+            # Per-replica share of the global mean: the replicas' gradients are summed.
+            loss = self.optimizer.scale_loss(result.loss / num_replicas())
+        variables = self.step_variables()
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._record(x, y, sample_weight, result)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, signals = self.signals(x)
+        result = self.compute_step(x, y, sample_weight, signals, training=False)
+        return self._record(x, y, sample_weight, result)
+
+    def _record(self, x, y, sample_weight, result: StepResult):
+        predictions = result.predictions
+        first = predictions
+        if isinstance(predictions, Mapping):
+            first = next(iter(predictions.values()))
+        batch = ops.shape(first)[0]
+        trackers = {t.name: t for t in self.step_trackers}
+        for name, value in result.logs.items():
+            trackers[name].update_state(value, sample_weight=batch)
+        gauges = {t.name: t for t in self.gauge_trackers}
+        for name, value in result.gauges.items():
+            gauges[name].update_state(value)
+        if isinstance(predictions, Mapping) and y is not None and not isinstance(y, Mapping):
+            y = {name: y for name in predictions}
+        return self.compute_metrics(x, y, predictions, sample_weight=sample_weight)
