@@ -89,6 +89,12 @@ def weighted_mean(values, sample_weight=None):
     values = ops.cast(values, "float32")
     if sample_weight is None:
         return ops.mean(values)
+    if isinstance(sample_weight, Mapping):
+        raise ValueError(
+            f"Per-term sample weights {sorted(sample_weight)} reached a single loss term: split "
+            "them with keras_kd.objective.term_weights first (the Distiller does), or pass "
+            "one weight per example."
+        )
     weight = ops.cast(sample_weight, "float32")
     v_rank, w_rank = len(values.shape), len(weight.shape)
     if w_rank == v_rank + 1 and weight.shape[-1] == 1:
@@ -101,6 +107,39 @@ def weighted_mean(values, sample_weight=None):
         weight = ops.expand_dims(weight, -1)
         w_rank += 1
     return ops.mean(values * weight)
+
+
+TERM_WEIGHT_KEYS = ("label", "distillation")
+
+
+def term_weights(sample_weight):
+    """`(label weights, distillation weights)`: one weight for every term, or one per term.
+
+    Args:
+        sample_weight: `None`, one per-example weight for every term, or a dict with keys
+            among `"label"` (the label loss, and the compiled metrics) and `"distillation"`
+            (every distillation term); a missing key weighs that term by 1. E.g. a labelled set
+            joined with an unlabelled one gives `{"label": is_labelled}`: the label loss sees
+            the labelled examples only, the distillation loss all of them.
+
+    Returns:
+        The two weights, each `None` or what `weighted_mean` takes.
+
+    Raises:
+        ValueError: for a dict with other keys.
+
+    Example:
+        >>> label_w, distill_w = term_weights({"label": mask})
+    """
+    if not isinstance(sample_weight, Mapping):
+        return sample_weight, sample_weight
+    unknown = sorted(set(sample_weight) - set(TERM_WEIGHT_KEYS))
+    if unknown:
+        raise ValueError(
+            f"sample_weight keys must be among {TERM_WEIGHT_KEYS}, got {unknown}: key the "
+            "label loss's weights 'label' and the distillation terms' 'distillation'."
+        )
+    return sample_weight.get("label"), sample_weight.get("distillation")
 
 
 def loss_name(loss) -> str:
@@ -208,6 +247,61 @@ def warn_if_probability_loss_on_logits(label_loss: LabelLoss, model: keras.Model
         )
 
 
+class LoggedMeans(keras.metrics.Metric):
+    """Batch-size-weighted epoch means of several logged scalars, in one pair of variables.
+
+    One `update_state(values, batch)` adds `values * batch` to a `(k,)` total and `batch` to a
+    count: two assignments per step whatever the number of logged keys (a `keras.metrics.Mean`
+    per key costs two each). `views()` gives one lightweight metric per key, named after it,
+    so the logs keep Keras's order and names. Under `tf.distribute` both variables are summed
+    over replicas, as a `Mean`'s are.
+    """
+
+    def __init__(self, keys: Sequence[str], name: str = "logged_means", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.keys = tuple(keys)
+        self.totals = self.add_variable(shape=(len(self.keys),), initializer="zeros",
+                                        dtype="float32", name="totals")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32",
+                                       name="count")
+
+    def update_state(self, values, sample_weight=1.0):
+        weight = ops.cast(sample_weight, "float32")
+        self.totals.assign_add(ops.cast(values, "float32") * weight)
+        self.count.assign_add(weight)
+
+    def result(self):
+        return {}  # reported through the views
+
+    def means(self):
+        return ops.divide_no_nan(self.totals, self.count)
+
+    def reset_state(self):
+        self.totals.assign(ops.zeros_like(self.totals))
+        self.count.assign(ops.zeros_like(self.count))
+
+    def views(self) -> list[keras.metrics.Metric]:
+        return [_LoggedMeanView(self, i, key) for i, key in enumerate(self.keys)]
+
+
+class _LoggedMeanView(keras.metrics.Metric):
+    """The mean of one key of a `LoggedMeans` (no state of its own)."""
+
+    def __init__(self, owner: LoggedMeans, index: int, name: str):
+        super().__init__(name=name)
+        object.__setattr__(self, "_owner", owner)  # not tracked: the owner holds the state
+        self._index = index
+
+    def update_state(self, *args, **kwargs):
+        return None
+
+    def result(self):
+        return self._owner.means()[self._index]
+
+    def reset_state(self):
+        return None
+
+
 @dataclasses.dataclass
 class StepResult:
     """What one step's forward passes produce.
@@ -244,12 +338,15 @@ class TrainingModel(keras.Model):
     prediction_names: Sequence[str] | None = None
 
     def track(self, names: Sequence[str], gauge_names: Sequence[str] = ()) -> None:
-        """Creates one `Mean` tracker per logged key (batch-weighted) and per gauge."""
+        """Declares every logged key (batch-weighted epoch means, `LoggedMeans`) and every
+        gauge (a `Mean` of the per-step values, e.g. learned loss weights)."""
         if len(set(names) | set(gauge_names)) != len(names) + len(gauge_names):
             raise ValueError(f"Logged keys must be distinct, got {list(names)} and "
                              f"{list(gauge_names)}.")
-        self.step_trackers = [keras.metrics.Mean(name=name) for name in names]
+        self._logged_keys_order = tuple(names)
+        self.step_means = LoggedMeans(names)
         self.gauge_trackers = [keras.metrics.Mean(name=name) for name in gauge_names]
+        self._step_views = self.step_means.views()
         self.label_loss = None
         self._label_loss_config = None
         self._metrics_config = None
@@ -306,7 +403,7 @@ class TrainingModel(keras.Model):
 
     @property
     def metrics(self):
-        metrics = list(self.step_trackers) + list(self.gauge_trackers)
+        metrics = [self.step_means, *self._step_views, *self.gauge_trackers]
         if self.compiled and self._compile_metrics is not None:
             metrics.append(self._compile_metrics)
         return metrics
@@ -349,12 +446,26 @@ class TrainingModel(keras.Model):
         if isinstance(predictions, Mapping):
             first = next(iter(predictions.values()))
         batch = ops.shape(first)[0]
-        trackers = {t.name: t for t in self.step_trackers}
-        for name, value in result.logs.items():
-            trackers[name].update_state(value, sample_weight=batch)
+        logs = result.logs
+        if set(logs) != set(self._logged_keys_order):
+            raise ValueError(f"compute_step logged {sorted(logs)} but track() declared "
+                             f"{sorted(self._logged_keys_order)}.")
+        values = ops.stack([ops.cast(logs[key], "float32") for key in self._logged_keys_order])
+        self.step_means.update_state(values, sample_weight=batch)
         gauges = {t.name: t for t in self.gauge_trackers}
         for name, value in result.gauges.items():
             gauges[name].update_state(value)
-        if isinstance(predictions, Mapping) and y is not None and not isinstance(y, Mapping):
-            y = {name: y for name in predictions}
         return self.compute_metrics(x, y, predictions, sample_weight=sample_weight)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Keras's `compute_metrics`; one label tensor serves every named prediction.
+
+        Also reached from Keras's symbolic build (e.g. under `tf.distribute`), which builds
+        the compiled metrics before the first step: the labels are repeated per prediction
+        there too, so every `<name>_<metric>` is created.
+        """
+        if isinstance(y_pred, Mapping) and y is not None and not isinstance(y, Mapping):
+            y = {name: y for name in y_pred}
+        if isinstance(sample_weight, Mapping):  # per-term weights: metrics follow the labels'
+            sample_weight = term_weights(sample_weight)[0]
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)

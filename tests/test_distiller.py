@@ -434,7 +434,7 @@ def test_log_keys_do_not_depend_on_losses_built_earlier():
         LogitMatchingDistillation(name="lm")])
     distiller.compile(keras.optimizers.SGD(0.0), loss=hard_loss())
     logs = distiller.test_on_batch(x, y, return_dict=True)
-    assert set(logs) == {"loss", "student_loss", "distillation_loss",
+    assert set(logs) == {"loss", "total_loss", "student_loss", "distillation_loss",
                          "soft_target_distillation_loss", "soft_target_distillation_1_loss",
                          "logit_matching_distillation_loss", "lm_loss"}
     t, s = np_mlp(teacher, x), np_mlp(student, x)
@@ -498,7 +498,8 @@ def test_softmax_teacher_gives_the_logits_teacher_loss(make):
                                                           LogitMatchingDistillation()])
         distiller.compile(keras.optimizers.SGD(0.0), loss=hard_loss())
         values.append(distiller.test_on_batch(x, y, return_dict=True))
-    keys = {"loss", "student_loss", "distillation_loss", "soft_target_distillation_loss",
+    keys = {"loss", "total_loss", "student_loss", "distillation_loss",
+            "soft_target_distillation_loss",
             "logit_matching_distillation_loss"}  # log keys do not depend on the session
     assert set(values[0]) == set(values[1]) == keys
     for key in keys:
