@@ -9,7 +9,7 @@ prints a Markdown table of test accuracy (mean +- std over seeds) with the comma
 Objectives (alpha = student_loss_weight = 0.5 for every Distiller row; KD uses T = 4):
   scratch            cross-entropy only (plain `student.fit`)
   kd                 CE + soft targets (Hinton et al. 2015)
-  fitnets            stage 1 (1 epoch): hint relu2 only, student up to relu2 + regressor;
+  fitnets            stage 1 (1 epoch): hint relu2 only, student up to relu2 + adapter;
                      stage 2: CE + KD for the whole student (Romero et al. 2015)
   at                 CE + attention transfer on relu2 and relu3, weight 1000 (beta = 1000)
   fsp                CE + FSP matrices (relu1, relu2) and (relu2, relu3)

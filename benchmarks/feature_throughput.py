@@ -16,9 +16,9 @@ Configurations (28x28x1 Fashion-MNIST inputs, batch 128):
 
 Runs per configuration:
   kd          keras_kd.Distiller, SoftTargetDistillation(T = 4)
-  kd_3feat    + HintDistillation(relu2; auto regressor = 1x1 conv) + AttentionTransfer(relu2)
-              + OverhaulDistillation(pre-ReLU relu3; connector 1x1 conv + BN, as in the paper)
-              (twin: + Hint(relu2) + Hint(relu3) + AttentionTransfer(relu2), regressor=None)
+  kd_3feat    + HintDistillation(relu2; auto adapter = 1x1 conv) + AttentionTransfer(relu2)
+              + OverhaulDistillation(pre-ReLU relu3; adapter 1x1 conv + BN, as in the paper)
+              (twin: + Hint(relu2) + Hint(relu3) + AttentionTransfer(relu2), adapter=None)
   kd_3feat_bn tiny only: as kd_3feat with HintDistillation(batch_norm=True) (the old default)
   keras       keras.distillation.Distiller, LogitsDistillation(T = 4)
   keras_feat  + one FeatureDistillation(relu3 -> relu3) with an attention-map MSE (the
@@ -100,8 +100,8 @@ def _three_features(teacher: keras.Model, hint_bn: bool = False):
 def _three_identity_features(teacher: keras.Model):
     del teacher
     return [
-        kd_losses.HintDistillation("t_relu2", "s_relu2", regressor=None),
-        kd_losses.HintDistillation("t_relu3", "s_relu3", regressor=None),
+        kd_losses.HintDistillation("t_relu2", "s_relu2", adapter=None),
+        kd_losses.HintDistillation("t_relu3", "s_relu3", adapter=None),
         kd_losses.AttentionTransfer("t_relu2", "s_relu2"),
     ]
 
@@ -110,9 +110,8 @@ def _adapter_macs(distiller: keras_kd.Distiller) -> int:
     """Forward MACs per example of the 1x1-conv adapters (at the teacher tap's H x W)."""
     total = 0
     for loss in distiller.distillation_losses:
-        for adapter in (getattr(loss, "regressor", None), getattr(loss, "connector", None)):
-            if adapter is None:
-                continue
+        adapter = getattr(loss, "adapter", None)
+        if adapter is not None:
             h, w, c_out = adapter.target_shape
             total += h * w * int(adapter.conv.kernel.shape[2]) * c_out
     return total
@@ -206,7 +205,7 @@ def main(argv):
         print(f"| {config}: KD + 3 feature losses / KD | "
               f"{ratio(f'{config}/kd_3feat', f'{config}/kd')} | <= 1.15 |")
         if config == "tiny":
-            print(f"| tiny: KD + 3 feature losses, Hint regressor with BN / KD | "
+            print(f"| tiny: KD + 3 feature losses, Hint adapter with BN / KD | "
                   f"{ratio('tiny/kd_3feat_bn', 'tiny/kd')} | |")
         if _KERAS.value and config != "twin":
             print(f"| {config}: KD + 3 features / keras.distillation KD + 1 feature | "

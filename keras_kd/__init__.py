@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from keras_kd import (
     adapters,
     callbacks,
+    datafree,
     datasets,
     export,
     losses,
@@ -38,6 +39,7 @@ __all__ = [
     "cache_teacher_logits",
     "cache_teacher_outputs",
     "callbacks",
+    "datafree",
     "datasets",
     "export",
     "losses",

@@ -1,4 +1,4 @@
-"""Trainable adapters (regressors, connectors) that map a student feature to the teacher's shape.
+"""Trainable adapters: the layers that map a student feature to the teacher's shape.
 
 A feature loss creates its adapters in `build(teacher_shapes, student_shapes)` as sublayers, so
 they train with the student (they are in `distiller.trainable_variables`) and are never part of
@@ -60,9 +60,9 @@ class FeatureAdapter(keras.layers.Layer):
         (2, 7, 7, 64)
 
     Reference:
-        Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015 (regressor `r(v)`);
-        Heo et al., "A Comprehensive Overhaul of Feature Distillation", ICCV 2019 (connector:
-        1x1 conv + BN).
+        Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015 (the map `r(v)`);
+        Heo et al., "A Comprehensive Overhaul of Feature Distillation", ICCV 2019 (1x1 conv
+        + BN).
     """
 
     def __init__(self, target_shape: Sequence[int], batch_norm: bool = True, **kwargs):
@@ -141,35 +141,35 @@ class FeatureAdapter(keras.layers.Layer):
         return config
 
 
-def check_regressor(regressor, role: str = "regressor"):
-    """Returns `regressor` if it is `"auto"`, `None` or a layer; raises `ValueError` otherwise."""
-    if regressor is None or isinstance(regressor, keras.layers.Layer):
-        return regressor
-    if isinstance(regressor, str) and regressor == AUTO:
-        return regressor
+def check_adapter(adapter, role: str = "adapter"):
+    """Returns `adapter` if it is `"auto"`, `None` or a layer; raises `ValueError` otherwise."""
+    if adapter is None or isinstance(adapter, keras.layers.Layer):
+        return adapter
+    if isinstance(adapter, str) and adapter == AUTO:
+        return adapter
     raise ValueError(
-        f"{role} must be 'auto', None or a keras.layers.Layer instance, got {regressor!r}."
+        f"{role} must be 'auto', None or a keras.layers.Layer instance, got {adapter!r}."
     )
 
 
 def make_adapter(
-    regressor,
+    adapter,
     teacher_shape: Sequence,
     student_shape: Sequence,
     *,
     always: bool = False,
     batch_norm: bool = True,
-    name: str = "regressor",
-    role: str = "regressor",
+    name: str = "adapter",
+    role: str = "adapter",
 ):
     """Returns the built layer mapping a student feature to `teacher_shape`, or `None`.
 
     Args:
-        regressor: `"auto"` (a `FeatureAdapter` when the shapes differ, or always when
+        adapter: `"auto"` (a `FeatureAdapter` when the shapes differ, or always when
             `always=True`), `None` (identity; the shapes must already match) or a user layer.
         teacher_shape: static teacher feature shape, batch axis included.
         student_shape: static student feature shape, batch axis included.
-        always: build an adapter even for equal shapes (Overhaul's connector).
+        always: build an adapter even for equal shapes (as Overhaul distillation does).
         batch_norm: passed to `FeatureAdapter`.
         name: name of the created adapter.
         role: argument name used in error messages.
@@ -178,24 +178,24 @@ def make_adapter(
         A built `keras.layers.Layer`, or `None` for the identity.
 
     Raises:
-        ValueError: when the shapes differ and `regressor=None`, or a user layer does not map
+        ValueError: when the shapes differ and `adapter=None`, or a user layer does not map
             the student shape to the teacher shape.
     """
-    check_regressor(regressor, role)
+    check_adapter(adapter, role)
     t_shape, s_shape = tuple(teacher_shape[1:]), tuple(student_shape[1:])
-    if regressor is None:
+    if adapter is None:
         if t_shape != s_shape:
             raise ValueError(
                 f"{role}=None needs equal teacher and student feature shapes, got teacher "
                 f"{t_shape} and student {s_shape}. Use {role}='auto' to learn an adapter."
             )
         return None
-    if isinstance(regressor, str):
+    if isinstance(adapter, str):
         if t_shape == s_shape and not always:
             return None
         layer = FeatureAdapter(t_shape, batch_norm=batch_norm, name=name)
     else:
-        layer = regressor
+        layer = adapter
     if not layer.built:
         layer.build((None, *s_shape))
     try:
@@ -210,15 +210,15 @@ def make_adapter(
     return layer
 
 
-def serialize_regressor(regressor):
-    """Config value for a regressor argument (`"auto"`, `None` or a serialized layer)."""
-    if isinstance(regressor, keras.layers.Layer):
-        return keras.saving.serialize_keras_object(regressor)
-    return regressor
+def serialize_adapter(adapter):
+    """Config value for an adapter argument (`"auto"`, `None` or a serialized layer)."""
+    if isinstance(adapter, keras.layers.Layer):
+        return keras.saving.serialize_keras_object(adapter)
+    return adapter
 
 
-def deserialize_regressor(value):
-    """Inverse of `serialize_regressor`."""
+def deserialize_adapter(value):
+    """Inverse of `serialize_adapter`."""
     if isinstance(value, dict):
         return keras.saving.deserialize_keras_object(value)
     return value
@@ -227,9 +227,9 @@ def deserialize_regressor(value):
 __all__ = [
     "AUTO",
     "FeatureAdapter",
-    "check_regressor",
-    "deserialize_regressor",
+    "check_adapter",
+    "deserialize_adapter",
     "make_adapter",
     "resize_spatial",
-    "serialize_regressor",
+    "serialize_adapter",
 ]

@@ -11,12 +11,18 @@ ships the four canonical MNIST `.gz` files (`keras_kd/data/mnist/`), so `load("m
 needs neither network nor arguments. For Fashion-MNIST pass the directory of its four `.gz`
 files; for CIFAR-10 a directory holding `cifar-10-binary.tar.gz` (see
 `prepare_cifar10_manual_dir`). Nothing is downloaded unless `download=True` is passed.
+
+The build is silent unless `verbose=True`: TFDS's progress bars, its "Downloading and preparing
+dataset" message (printed even when nothing is downloaded) and its log lines are held back while
+it builds, and the temporary folders TFDS creates are removed afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import logging
 import os
 import shutil
 import tarfile
@@ -25,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from keras_kd import validation
 
 SUPPORTED = ("mnist", "fashion_mnist", "cifar10")
 DATA_DIR_ENV = "KERAS_KD_DATA_DIR"
@@ -78,8 +86,7 @@ def default_data_dir() -> str:
 
 
 def _check_name(name: str) -> None:
-    if name not in SUPPORTED:
-        raise ValueError(f"name must be one of {SUPPORTED}, got {name!r}.")
+    validation.one_of("name", name, SUPPORTED)
 
 
 def required_files(name: str) -> tuple[str, ...]:
@@ -94,6 +101,29 @@ def _builder(name: str, data_dir: str | os.PathLike | None):
     import tensorflow_datasets as tfds
 
     return tfds.builder(name, data_dir=os.fspath(data_dir or default_data_dir()))
+
+
+def is_prepared(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether `name` is already built in `data_dir`, so loading it reads files and builds nothing.
+
+    Args:
+        name: `"mnist"`, `"fashion_mnist"` or `"cifar10"`.
+        data_dir: TFDS data directory (default `default_data_dir()`).
+
+    Raises:
+        ValueError: for an unknown `name` (`TypeError` if it is not a string).
+
+    Example:
+        >>> if not keras_kd.datasets.is_prepared("mnist"):
+        ...     print("Building MNIST once (about 15 s)")
+    """
+    import tensorflow_datasets as tfds
+
+    _check_name(name)
+    # The supported datasets have no builder configs: TFDS keeps them in data_dir/name/version.
+    version = str(tfds.builder_cls(name).VERSION)
+    root = Path(os.fspath(data_dir or default_data_dir()))
+    return (root / name / version / "dataset_info.json").is_file()
 
 
 def _missing_sources_error(name: str, data_dir, manual_dir, missing) -> FileNotFoundError:
@@ -123,6 +153,7 @@ def prepare(
     data_dir: str | os.PathLike | None = None,
     manual_dir: str | os.PathLike | None = None,
     download: bool = False,
+    verbose: bool = False,
 ):
     """Builds the TFDS dataset `name` in `data_dir` unless it is already there.
 
@@ -134,20 +165,21 @@ def prepare(
             is not the official one (e.g. from `prepare_cifar10_manual_dir`) is accepted: its
             checksum replaces the official one for this build only.
         download: if True and no manual files are given, TFDS downloads the sources.
+        verbose: show TFDS's own messages, log lines and progress bars while it builds. By
+            default the build is silent.
 
     Returns:
         The prepared `tfds.core.DatasetBuilder`.
 
     Raises:
-        ValueError: for an unknown `name`.
+        ValueError: for an unknown `name` (`TypeError` if it is not a string).
         FileNotFoundError: if the dataset is not prepared, `download` is False and `manual_dir`
             does not hold the source files; the message says what to pass.
     """
     _check_name(name)
     data_dir = os.fspath(data_dir or default_data_dir())
-    builder = _builder(name, data_dir)
-    if builder.is_prepared():
-        return builder
+    if is_prepared(name, data_dir):
+        return _builder(name, data_dir)
     if manual_dir is None and name == "mnist":
         manual_dir = SHIPPED_MNIST_DIR
     missing = (
@@ -158,11 +190,39 @@ def prepare(
     if missing and not download:
         raise _missing_sources_error(name, data_dir, manual_dir, missing)
     use_manual = manual_dir is not None and not missing
-    _build_offline(name, manual_dir if use_manual else None, data_dir)
+    _build_offline(name, manual_dir if use_manual else None, data_dir, verbose)
     return _builder(name, data_dir)
 
 
-def _build_offline(name: str, manual_dir, data_dir: str) -> None:
+@contextlib.contextmanager
+def _tfds_build_scope(scratch: str, verbose: bool):
+    """While TFDS builds: its throwaway temporary folders go into `scratch`, and unless `verbose`
+    its progress bars, printed messages and absl log lines are held back.
+
+    TFDS leaves an empty `/tmp/tmp*tfds` folder behind for every builder it creates on an
+    unprepared data_dir (`DatasetInfo.initialize_from_bucket`); with `tempfile.tempdir` pointing
+    into `scratch` they are removed with it. Everything changed here is restored on exit.
+    """
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    previous_tempdir = tempfile.tempdir
+    absl_logger = logging.getLogger("absl")
+    previous_level = absl_logger.level
+    previous_bars = getattr(tqdm_utils, "_active", True)
+    tempfile.tempdir = scratch
+    try:
+        if not verbose:
+            absl_logger.setLevel(logging.ERROR)
+            tqdm_utils.display_progress_bar(False)
+        with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tempfile.tempdir = previous_tempdir
+        absl_logger.setLevel(previous_level)
+        tqdm_utils.display_progress_bar(previous_bars)
+
+
+def _build_offline(name: str, manual_dir, data_dir: str, verbose: bool = False) -> None:
     """The recipe of the shared data README: a private download and extract dir per build.
 
     TFDS names extracted files by file name only, so MNIST and Fashion-MNIST sharing an extract
@@ -188,9 +248,10 @@ def _build_offline(name: str, manual_dir, data_dir: str) -> None:
             manual_dir=os.fspath(manual_dir) if manual_dir is not None else None,
             extract_dir=os.path.join(scratch, "extracted"),
         )
-        tfds.builder(name, data_dir=data_dir).download_and_prepare(
-            download_dir=scratch, download_config=config
-        )
+        with _tfds_build_scope(scratch, verbose):
+            tfds.builder(name, data_dir=data_dir).download_and_prepare(
+                download_dir=scratch, download_config=config
+            )
     finally:
         if had_override:
             cls.url_infos = previous
@@ -212,6 +273,7 @@ def load(
     shuffle_buffer: int | None = None,
     seed: int | None = None,
     download: bool = False,
+    verbose: bool = False,
 ) -> tf.data.Dataset:
     """Loads a split as `(image float32 in [0, 1], label int64)` pairs, building it if needed.
 
@@ -222,8 +284,9 @@ def load(
         manual_dir: directory of source files for the first build (see `prepare`).
         batch_size: if given, the dataset is batched (last batch kept) and prefetched.
         shuffle_buffer: if given, examples are shuffled with this buffer before batching.
-        seed: shuffle seed.
+        seed: seed of the example shuffle and of TFDS's file shuffle, for a reproducible order.
         download: allow TFDS to download the sources when no manual files are available.
+        verbose: show TFDS's messages and progress bars if the dataset is built (see `prepare`).
 
     Returns:
         A `tf.data.Dataset`; images are `pixels / 255` (no standardisation), shape
@@ -231,17 +294,30 @@ def load(
 
     Raises:
         FileNotFoundError: if the dataset must be built and the source files are missing.
+        TypeError, ValueError: for an unknown `name`, or a `batch_size` or `shuffle_buffer`
+            that is not a positive integer.
 
     Example:
         >>> train = keras_kd.datasets.load("mnist", "train", batch_size=128, shuffle_buffer=60000)
         >>> fashion = keras_kd.datasets.load("fashion_mnist", "test",
         ...                                  manual_dir="shared/data/fashion_mnist")
     """
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
-    builder = prepare(name, data_dir, manual_dir, download)
+    if batch_size is not None:
+        batch_size = validation.positive_int("batch_size", batch_size, hint="Or pass None.")
+    if shuffle_buffer is not None:
+        shuffle_buffer = validation.positive_int(
+            "shuffle_buffer", shuffle_buffer, hint="Or pass None for no shuffling."
+        )
+    import tensorflow_datasets as tfds
+
+    builder = prepare(name, data_dir, manual_dir, download, verbose)
     shuffle = shuffle_buffer is not None
-    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=shuffle)
+    ds = builder.as_dataset(
+        split=split,
+        as_supervised=True,
+        shuffle_files=shuffle,
+        read_config=tfds.ReadConfig(shuffle_seed=seed) if shuffle else None,
+    )
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     ds = ds.map(_scale, num_parallel_calls=tf.data.AUTOTUNE)
@@ -257,11 +333,12 @@ def load_arrays(
     manual_dir: str | os.PathLike | None = None,
     normalize: bool = True,
     download: bool = False,
+    verbose: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`load` as NumPy arrays `(x, y)`, for jobs small enough to hold a split in memory.
 
     Args:
-        name, split, data_dir, manual_dir, download: as in `load`.
+        name, split, data_dir, manual_dir, download, verbose: as in `load`.
         normalize: if True `x` is float32 `pixels / 255`; if False the raw uint8 pixels.
 
     Returns:
@@ -272,7 +349,7 @@ def load_arrays(
     """
     import tensorflow_datasets as tfds
 
-    builder = prepare(name, data_dir, manual_dir, download)
+    builder = prepare(name, data_dir, manual_dir, download, verbose)
     x, y = tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True, batch_size=-1))
     if normalize:
         x = x.astype(np.float32) / np.float32(255.0)

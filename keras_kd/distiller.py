@@ -15,6 +15,7 @@ from keras_kd import losses as kd_losses
 from keras_kd import validation
 from keras_kd.features import FeatureExtractor, OutputInfo
 from keras_kd.losses.base import LOGITS, DistillationLoss, Tap
+from keras_kd.losses.top_k_soft_target import TopKTap, add_top_k_tensors, model_taps
 from keras_kd.objective import (
     LabelLoss,
     StepResult,
@@ -327,7 +328,8 @@ class Distiller(TrainingModel):
         losses, teacher, student = self.distillation_losses, self.teacher, self.student
         self._teacher_taps = _taps(losses, "teacher")
         student_taps = _taps(losses, "student")
-        if teacher is None and any(tap != LOGITS for tap in self._teacher_taps):
+        if teacher is None and any(tap != LOGITS and not isinstance(tap, TopKTap)
+                                   for tap in self._teacher_taps):
             raise ValueError(
                 "teacher=None works only with losses on logits, but the distillation_losses "
                 f"tap teacher layers {[t.describe() for t in self._teacher_taps if t != LOGITS]}"
@@ -344,7 +346,8 @@ class Distiller(TrainingModel):
                 )
         self._student_features = FeatureExtractor(student, student_taps, "student")
         self._teacher_features = (
-            FeatureExtractor(teacher, self._teacher_taps, "teacher") if teacher else None)
+            FeatureExtractor(teacher, model_taps(self._teacher_taps), "teacher") if teacher
+            else None)
         t_info = self._teacher_features.info if self._teacher_features else None
         s_info = self._student_features.info
         for role, info, declared in (("teacher", t_info, self._teacher_output),
@@ -404,7 +407,7 @@ class Distiller(TrainingModel):
         t_shapes = self._teacher_features.shapes()
         s_shapes = self._student_features.shapes()
         for loss in self.distillation_losses:
-            loss.build(tuple(t_shapes[t] for t in loss.teacher_taps()),
+            loss.build(tuple(t_shapes.get(t) for t in loss.teacher_taps()),
                        tuple(s_shapes[t] for t in loss.student_taps()))
 
     def _logged_keys(self) -> tuple[list[str], list[str]]:
@@ -676,7 +679,8 @@ class Distiller(TrainingModel):
                                self.teacher_precision):
             _, tensors = self._teacher_features(teacher_x, training=False)
         tensors = {tap: ops.stop_gradient(ops.cast(t, "float32")) for tap, t in tensors.items()}
-        return x, self._convert(tensors, self._teacher_output)
+        return x, add_top_k_tensors(self._convert(tensors, self._teacher_output),
+                                    self._teacher_taps)
 
     def _convert(self, tensors: dict, declared: str) -> dict:
         if declared != "probabilities" or LOGITS not in tensors:

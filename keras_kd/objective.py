@@ -72,6 +72,12 @@ def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def is_multi_worker(strategy) -> bool:
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning more than one worker."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.num_replicas_in_sync > len(strategy.extended.worker_devices))
+
+
 def weighted_mean(values, sample_weight=None):
     """Keras's `sum_over_batch_size` reduction: `mean(w * l)` over every element of `values`.
 
@@ -440,6 +446,28 @@ class TrainingModel(keras.Model):
         result = self.compute_step(x, y, sample_weight, signals, training=False)
         return self._record(x, y, sample_weight, result)
 
+    # Keras 3.15's fit/evaluate fail under a multi-worker MultiWorkerMirroredStrategy for any
+    # model (keras-team/keras#20585), twice: (1) `_maybe_symbolic_build` averages the first
+    # batch, a nest of per-replica values, with `strategy.reduce`, which that strategy cannot
+    # do for a nest; (2) the step function averages the step's scalar logs with
+    # `strategy.reduce("MEAN", v, axis=0)`, which fails on 0-d tensors. The build needs only
+    # shapes and dtypes, so it is given this worker's first local batch; the logs leave the
+    # step with a leading axis of 1, which that reduction removes again.
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self.distribute_strategy
+        if iterator is not None and is_multi_worker(strategy):
+            if self.steps_per_execution != 1:
+                raise ValueError(
+                    f"compile(steps_per_execution={self.steps_per_execution}) fails under a "
+                    "multi-worker MultiWorkerMirroredStrategy in Keras 3.15 (its multi-step "
+                    "loop feeds no value to a collective's placeholder). Compile with "
+                    "steps_per_execution=1.")
+            for _, _, batches in iterator:
+                local = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0], next(batches))
+                return super()._maybe_symbolic_build(data_batch=local)
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _record(self, x, y, sample_weight, result: StepResult):
         predictions = result.predictions
         first = predictions
@@ -455,7 +483,10 @@ class TrainingModel(keras.Model):
         gauges = {t.name: t for t in self.gauge_trackers}
         for name, value in result.gauges.items():
             gauges[name].update_state(value)
-        return self.compute_metrics(x, y, predictions, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, predictions, sample_weight=sample_weight)
+        if is_multi_worker(tf.distribute.get_strategy()):
+            logs = {name: ops.expand_dims(value, 0) for name, value in logs.items()}
+        return logs
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Keras's `compute_metrics`; one label tensor serves every named prediction.

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
+
+import h5py
 import keras
 import numpy as np
 import pytest
 
+import keras_kd
+from keras_kd import losses
 from keras_kd.adapters import FeatureAdapter, make_adapter, resize_spatial
 
 
@@ -56,7 +63,7 @@ def test_identity_user_layer_and_errors():
     assert make_adapter("auto", (None, 4, 4, 2), (None, 4, 4, 2), always=True) is not None
     user = keras.layers.Dense(6)
     assert make_adapter(user, (None, 6), (None, 3)) is user and user.built
-    with pytest.raises(ValueError, match="regressor=None needs equal"):
+    with pytest.raises(ValueError, match="adapter=None needs equal"):
         make_adapter(None, (None, 6), (None, 3))
     with pytest.raises(ValueError, match="maps the student feature"):
         make_adapter(keras.layers.Dense(5), (None, 6), (None, 3))
@@ -73,3 +80,79 @@ def test_config_round_trip():
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(adapter))
     assert isinstance(clone, FeatureAdapter)
     assert clone.target_shape == (3, 3, 8) and clone.batch_norm is False
+
+
+# Names before adapters had one: config keys per class, and the attribute under which Keras
+# stored the adapter's weights, per loss weight group (FSP's list was already `adapters`).
+_OLD_CONFIG_KEYS = {
+    "HintDistillation": "regressor",
+    "OverhaulDistillation": "connector",
+    "FSPDistillation": "regressor",
+}
+_OLD_ATTRIBUTES = {
+    "hint_distillation": "regressor",
+    "overhaul_distillation": "connector",
+    "feature_distillation": "regressor",
+}
+
+
+def _as_saved_before_the_rename(new_file, old_file):
+    """Rewrites a `.keras` file with the pre-rename config keys and weight paths."""
+
+    def rename_keys(node):
+        if isinstance(node, dict):
+            old_key = _OLD_CONFIG_KEYS.get(node.get("class_name"))
+            if old_key is not None:
+                node["config"][old_key] = node["config"].pop("adapter")
+            for value in node.values():
+                rename_keys(value)
+        elif isinstance(node, list):
+            for value in node:
+                rename_keys(value)
+
+    with zipfile.ZipFile(new_file) as src, zipfile.ZipFile(old_file, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "config.json":
+                config = json.loads(data)
+                rename_keys(config)
+                data = json.dumps(config).encode()
+            elif item == "model.weights.h5":
+                buffer = io.BytesIO(data)
+                with h5py.File(buffer, "r+") as weights:
+                    for group, attribute in _OLD_ATTRIBUTES.items():
+                        path = f"distillation_losses/{group}"
+                        weights.move(f"{path}/adapter", f"{path}/{attribute}")
+                data = buffer.getvalue()
+            dst.writestr(item, data)
+
+
+def test_files_saved_before_the_rename_load_with_their_adapter_weights(tmp_path):
+    def net(prefix, width):
+        x = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(width, 3, padding="same", name=f"{prefix}conv")(x)
+        h = keras.layers.BatchNormalization(name=f"{prefix}bn")(h)
+        h = keras.layers.ReLU(name=f"{prefix}relu")(h)
+        h2 = keras.layers.ReLU(name=f"{prefix}relu2")(h)
+        g = keras.layers.GlobalAveragePooling2D()(h2)
+        return keras.Model(x, keras.layers.Dense(3, name=f"{prefix}logits")(g))
+
+    teacher, student = net("t_", 6), net("s_", 2)
+    distiller = keras_kd.Distiller(teacher, student, [
+        losses.HintDistillation("t_relu", "s_relu"),
+        losses.OverhaulDistillation("t_relu", "s_relu", teacher=teacher),
+        losses.FSPDistillation(("t_relu", "t_relu2"), ("s_relu", "s_relu2")),
+        losses.FeatureDistillation("mse", "t_relu2", "s_relu2"),
+    ])
+    distiller.save(tmp_path / "new.keras")
+    _as_saved_before_the_rename(tmp_path / "new.keras", tmp_path / "old.keras")
+    with zipfile.ZipFile(tmp_path / "old.keras") as old:
+        assert b'"regressor"' in old.read("config.json")
+        assert b'"connector"' in old.read("config.json")
+    reloaded = keras.models.load_model(tmp_path / "old.keras")
+    for loss in reloaded.distillation_losses[:3]:
+        assert loss.adapter_arg == "auto"
+    assert len(reloaded.weights) == len(distiller.weights)
+    for saved, loaded in zip(distiller.weights, reloaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded),
+                                      keras.ops.convert_to_numpy(saved))

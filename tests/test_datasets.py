@@ -4,8 +4,11 @@ MNIST and Fashion-MNIST are built once per session into one temporary data_dir (
 the Fashion-MNIST test also proves the two builds do not reuse each other's extracted files.
 """
 
+import contextlib
 import hashlib
+import io
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +30,37 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mnist_arrays(data_dir):
-    """Builds MNIST from the shipped files (no manual_dir, no network) and reads both splits."""
+def mnist_build(data_dir, tmp_path_factory):
+    """Builds MNIST from the shipped files (no manual_dir, no network) and reads both splits.
+
+    Records what the build printed and which folders it left in the temporary directory.
+    """
+    watched = tmp_path_factory.mktemp("tempdir")
+    out, err = io.StringIO(), io.StringIO()
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(watched)
+    try:
+        prepared_before = datasets.is_prepared("mnist", data_dir)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            arrays = {
+                split: datasets.load_arrays("mnist", split, data_dir=data_dir)
+                for split in ("train", "test")
+            }
+    finally:
+        tempfile.tempdir = previous
     return {
-        split: datasets.load_arrays("mnist", split, data_dir=data_dir)
-        for split in ("train", "test")
+        "arrays": arrays,
+        "stdout": out.getvalue(),
+        "stderr": err.getvalue(),
+        "left_in_tempdir": sorted(p.name for p in watched.iterdir()),
+        "prepared_before": prepared_before,
+        "prepared_after": datasets.is_prepared("mnist", data_dir),
     }
+
+
+@pytest.fixture(scope="module")
+def mnist_arrays(mnist_build):
+    return mnist_build["arrays"]
 
 
 def _pairs(images: np.ndarray, labels: np.ndarray) -> dict[bytes, int]:
@@ -90,6 +118,22 @@ def test_mnist_builds_offline_with_real_content(mnist_arrays):
     np.testing.assert_allclose(mnist_arrays["train"][0].std(), 0.3081, atol=1e-4)
 
 
+def test_build_is_silent_and_leaves_no_temporary_folders(mnist_build):
+    assert not mnist_build["prepared_before"] and mnist_build["prepared_after"]
+    # TFDS would print "Downloading and preparing dataset ..." (nothing is downloaded), draw
+    # progress bars, and leave an empty tmp*tfds folder per builder it creates.
+    assert "Downloading" not in mnist_build["stdout"] and "prepared" not in mnist_build["stdout"]
+    assert "Dl Completed" not in mnist_build["stderr"]
+    assert "Generating" not in mnist_build["stderr"]
+    assert mnist_build["left_in_tempdir"] == []
+
+
+def test_is_prepared_checks_the_name(tmp_path):
+    assert not datasets.is_prepared("fashion_mnist", tmp_path)
+    with pytest.raises(ValueError, match="name must be one of"):
+        datasets.is_prepared("imagenet", tmp_path)
+
+
 def test_load_returns_scaled_batched_dataset(data_dir, mnist_arrays):
     ds = datasets.load("mnist", "test", data_dir=data_dir, batch_size=32)
     image_spec, label_spec = ds.element_spec
@@ -126,6 +170,18 @@ def test_unknown_name_and_bad_batch_size_raise(data_dir):
         datasets.load("imagenet", "train", data_dir=data_dir)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         datasets.load("mnist", "train", data_dir=data_dir, batch_size=0)
+    with pytest.raises(TypeError, match="shuffle_buffer must be a positive integer"):
+        datasets.load("mnist", "train", data_dir=data_dir, shuffle_buffer=1.5)
+
+
+def test_seeded_shuffle_gives_the_same_order_twice(data_dir, mnist_arrays):
+    def first_labels(seed):
+        ds = datasets.load("mnist", "test", data_dir=data_dir, batch_size=50,
+                           shuffle_buffer=10_000, seed=seed)
+        return next(iter(ds))[1].numpy()
+
+    np.testing.assert_array_equal(first_labels(7), first_labels(7))
+    assert not np.array_equal(first_labels(7), first_labels(8))
 
 
 def test_default_data_dir_honours_env(monkeypatch, tmp_path):

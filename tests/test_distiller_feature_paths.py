@@ -76,8 +76,8 @@ def reference_logs(distiller, teacher_model, student, x, y, weights):
     hard = np_sparse_ce(student_out, y)
     paths = []
     for loss in distiller.distillation_losses:
-        t = taps_model(teacher_model, loss.teacher_features())(x, training=False)
-        s = taps_model(student, loss.student_features())(x, training=True)
+        t = taps_model(teacher_model, loss.teacher_taps())(x, training=False)
+        s = taps_model(student, loss.student_taps())(x, training=True)
         t = t if isinstance(t, (list, tuple)) else [t]
         s = s if isinstance(s, (list, tuple)) else [s]
         value = loss(tuple(t), tuple(s), training=True)

@@ -1,10 +1,16 @@
-"""keras_kd.report: the Markdown table parses back to the result's numbers; the PNG is real."""
+"""keras_kd.report: the Markdown tables parse back to the result's numbers; the PNGs are real;
+the report says whether a gain over several seeds exceeds their spread."""
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from keras_kd import report
-from keras_kd.recipes.scratch_vs_distilled import ModelSummary, ScratchVsDistilledResult
+from keras_kd.recipes.scratch_vs_distilled import (
+    ModelSummary,
+    ScratchVsDistilledResult,
+    SeedRun,
+)
 
 
 def _summary(name, params, size, errors, val_accuracy):
@@ -45,6 +51,8 @@ def test_write_report_table_round_trips(tmp_path):
     text = md.read_text()
     assert text.startswith("# MNIST")
     assert "makes 23 fewer test errors" in text and "- temperature: 4.0" in text
+    assert "Only one seed was run, so the seed-to-seed spread is not measured" in text
+    assert "## Over" not in text
 
 
 def test_report_states_when_distillation_loses(tmp_path):
@@ -63,3 +71,63 @@ def test_read_table_rejects_a_file_without_the_table(tmp_path):
     (tmp_path / "x.md").write_text("# nothing\n| a | b |\n|---|---|\n")
     with pytest.raises(ValueError, match="no table"):
         report.read_table(tmp_path / "x.md")
+
+
+def _seeded(scratch_errors, distilled_errors):
+    """A result over several seeds with the given per-seed test errors (of 10000)."""
+    runs = [
+        SeedRun(
+            seed,
+            _summary("student (scratch)", 101_770, 420_000, a, [0.93, 0.95, 1 - a / 10000]),
+            _summary("student (distilled)", 101_770, 420_000, b, [0.92, 0.96, 1 - b / 10000]),
+        )
+        for seed, (a, b) in enumerate(zip(scratch_errors, distilled_errors))
+    ]
+    return ScratchVsDistilledResult(
+        teacher=_summary("teacher", 1_630_000, 6_600_000, 80, []),
+        scratch=runs[0].scratch,
+        distilled=runs[0].distilled,
+        settings={"seed": 0, "num_seeds": len(runs)},
+        num_test_examples=10000,
+        seed_runs=runs,
+    )
+
+
+def test_several_seeds_give_mean_and_std_and_a_gain_beyond_the_spread(tmp_path):
+    result = _seeded([177, 191, 190], [155, 149, 153])
+    md, png = report.write_report(result, tmp_path, title="MNIST")
+    text = md.read_text()
+    gains = [22, 42, 37]
+    mean, std = np.mean(gains), np.std(gains, ddof=1)
+    assert result.error_reductions == gains
+    assert "## Over 3 seeds" in text
+    assert f"| student (scratch) | 3 | {np.mean([177, 191, 190]):.1f} ± " in text
+    assert "| 177, 191, 190 |" in text and "| 155, 149, 153 |" in text
+    assert f"| fewer errors when distilled | 3 | {mean:.1f} ± {std:.1f} |" in text
+    assert f"makes {mean:.1f} ± {std:.1f} fewer test errors" in text
+    assert "The gain is larger than the seed-to-seed spread" in text
+    assert "within" not in text
+    # The first table still holds the first seed's (saved) models.
+    assert [int(r["test errors"]) for r in report.read_table(md)] == [80, 177, 155]
+    image = matplotlib.image.imread(png)
+    assert image.shape[:2] == (400, 1000)  # accuracy curves and the per-seed errors panel
+
+
+def test_a_gain_within_the_spread_is_called_so():
+    result = _seeded([180, 200, 215], [185, 190, 205])  # gains -5, 10, 10; spreads ~ 17.6, 10
+    text = report.format_report(result)
+    assert "makes 5.0 ± 8.7 fewer test errors" in text
+    assert "The sign of the difference changes from seed to seed." in text
+    assert "The gain is within the seed-to-seed spread" in text
+    assert "so these runs do not show that distillation helps." in text
+
+
+def test_a_loss_beyond_the_spread_is_called_a_loss():
+    text = report.spread_sentence(_seeded([150, 152, 151], [190, 195, 200]))
+    assert "makes 44.0 ± 4.6 more test errors" in text  # differences -40, -43, -49
+    assert "The loss is larger than the seed-to-seed spread" in text
+
+
+def test_mean_std_uses_the_sample_standard_deviation():
+    assert report.mean_std([1, 2, 3]) == (2.0, 1.0)
+    assert report.mean_std([7]) == (7.0, 0.0)

@@ -210,7 +210,7 @@ def test_one_of():
     assert str(info.value) == (
         "combine must be one of ('probabilities', 'logits', 'confidence'), got 3."
     )
-    assert v.one_of("regressor", None, ("auto", None)) is None
+    assert v.one_of("adapter", None, ("auto", None)) is None
 
 
 def test_returned_values_are_plain_python_and_finite():

@@ -148,10 +148,10 @@ def test_b_keras_ignores_sample_weights_keras_kd_honours_them():
 class HiddenMSE(DistillationLoss):
     """Test-local feature loss on same-width hidden layers (no adapter needed)."""
 
-    def teacher_features(self):
+    def teacher_taps(self):
         return (Tap("teacher_hidden"),)
 
-    def student_features(self):
+    def student_taps(self):
         return (Tap("student_hidden"),)
 
     def call(self, teacher_features, student_features):

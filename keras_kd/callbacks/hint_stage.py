@@ -13,7 +13,7 @@ HINT_STAGE, FULL_STAGE = 1, 2
 
 
 class HintStage(keras.callbacks.Callback):
-    """Trains only the student up to the guided layer (+ regressor) on the hint, then everything.
+    """Trains only the student up to the guided layer (+ adapter) on the hint, then everything.
 
     For epochs `0 .. epochs - 1` (stage 1) the objective is the `hint` loss alone: the callback
     sets the Distiller's `path_focus` variable to the hint's path (`Distiller.set_focus`), which

@@ -25,6 +25,7 @@ from keras_kd.losses.output_matching import OutputMatchingDistillation
 from keras_kd.losses.overhaul import OverhaulDistillation
 from keras_kd.losses.relational import RelationalDistillation
 from keras_kd.losses.soft_target import SoftTargetDistillation
+from keras_kd.losses.top_k_soft_target import TopKSoftTargetDistillation
 
 # The one registry of string names (`"soft_target"` -> class), filled explicitly below.
 REGISTRY: dict[str, type] = {}
@@ -52,6 +53,7 @@ register("binary_soft_target", BinarySoftTargetDistillation)
 register("output_matching", OutputMatchingDistillation)
 register("dkd", DecoupledKD)
 register("dist", DISTDistillation)
+register("top_k_soft_target", TopKSoftTargetDistillation)
 
 
 def _required_arguments(cls: type) -> list[str]:
@@ -129,6 +131,7 @@ __all__ = [
     "DistillationLoss",
     "LogitMatchingDistillation",
     "SoftTargetDistillation",
+    "TopKSoftTargetDistillation",
     "Tap",
     "get",
     "register",

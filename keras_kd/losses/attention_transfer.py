@@ -56,10 +56,10 @@ class AttentionTransfer(DistillationLoss):
         self.p = p
         self._size = None
 
-    def teacher_features(self) -> tuple[Tap, ...]:
+    def teacher_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.teacher_layer),)
 
-    def student_features(self) -> tuple[Tap, ...]:
+    def student_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.student_layer),)
 
     def build(self, teacher_shapes, student_shapes) -> None:

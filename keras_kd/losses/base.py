@@ -47,12 +47,16 @@ LOGITS = Tap()
 class DistillationLoss(keras.layers.Layer):
     """A comparison between teacher and student signals, returning one value per example.
 
-    Subclasses declare what they need with `teacher_features()` / `student_features()` (tuples
-    of `Tap`; the default is the logits of each model) and implement
-    `call(teacher_features, student_features)`, receiving tuples of tensors in the same order
-    and returning a `(batch,)` float32 tensor. Trainable adapters (regressors) are sublayers
-    created in `build(teacher_shapes, student_shapes)`; they train with the student and are
-    never part of the student model.
+    A *tap* (`Tap`) is a place a loss asks to read in a model: a layer's output (or input), or
+    the logits. A *feature* is the tensor read at a tap, which the loss receives in `call`.
+
+    Subclasses declare their taps with `teacher_taps()` / `student_taps()` (tuples of `Tap`;
+    the default is the logits of each model) and implement
+    `call(teacher_features, student_features)`, receiving tuples of features in the same order
+    and returning a `(batch,)` float32 tensor. Trainable adapters (the layers mapping a student
+    feature to the teacher's shape, `keras_kd.adapters`) are sublayers created in
+    `build(teacher_shapes, student_shapes)`; they train with the student and are never part of
+    the student model.
 
     The `Distiller` reduces the per-example values with the sample weights; losses never reduce
     over the batch themselves.
@@ -62,6 +66,15 @@ class DistillationLoss(keras.layers.Layer):
     labels=None)`; the `Distiller` then calls it with `labels=y` (integer class ids `(batch,)`
     or one-hot `(batch, classes)`, as the dataset yields them).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # The methods' former names: an override under them would be ignored silently (the
+        # loss would receive the logits), so defining one is an error.
+        for old, new in (("teacher_features", "teacher_taps"),
+                         ("student_features", "student_taps")):
+            if old in vars(cls):
+                raise TypeError(f"{cls.__name__}.{old}() is now called {new}(); rename it.")
 
     def __init__(self, name: str | None = None, **kwargs):
         kwargs.pop("dtype", None)
@@ -87,12 +100,12 @@ class DistillationLoss(keras.layers.Layer):
             config.pop("name", None)  # keep automatic names automatic after reloading
         return config
 
-    def teacher_features(self) -> tuple[Tap, ...]:
-        """The teacher tensors `call` receives, in order."""
+    def teacher_taps(self) -> tuple[Tap, ...]:
+        """Where the teacher features `call` receives are read, in order."""
         return (LOGITS,)
 
-    def student_features(self) -> tuple[Tap, ...]:
-        """The student tensors `call` receives, in order."""
+    def student_taps(self) -> tuple[Tap, ...]:
+        """Where the student features `call` receives are read, in order."""
         return (LOGITS,)
 
     def output_family(self) -> str | None:
@@ -110,7 +123,7 @@ class DistillationLoss(keras.layers.Layer):
         return False
 
     def build(self, teacher_shapes: Sequence[tuple], student_shapes: Sequence[tuple]) -> None:
-        """Creates adapters from the static shapes of the requested features."""
+        """Creates adapters from the static shapes of the features (one per tap)."""
         self.built = True
 
     def __call__(self, teacher_features, student_features, **kwargs):

@@ -9,11 +9,11 @@ import keras
 
 from keras_kd.adapters import (
     AUTO,
-    check_regressor,
-    deserialize_regressor,
+    check_adapter,
+    deserialize_adapter,
     make_adapter,
     resize_spatial,
-    serialize_regressor,
+    serialize_adapter,
 )
 from keras_kd.losses.base import DistillationLoss, Tap
 from keras_kd.losses.functional import fsp_loss
@@ -53,13 +53,13 @@ class FSPDistillation(DistillationLoss):
 
     Within each network, the larger of the two maps is average-pooled to the smaller spatial
     size (as common FSP implementations do). The student's maps must have the teacher's channel
-    counts; with `regressor="auto"` a 1x1 conv (+BN) adapter maps each student map whose
+    counts; with `adapter="auto"` a 1x1 conv (+BN) adapter maps each student map whose
     channel count differs (an addition to the paper, whose students had the teacher's widths).
 
     Args:
         teacher_layers: `(first, second)` teacher layer names.
         student_layers: `(first, second)` student layer names.
-        regressor: `"auto"` or `None` (channel counts must then match).
+        adapter: `"auto"` or `None` (channel counts must then match).
 
     Returns (when called):
         `(batch,)` values `mean_{ij} (G_t_ij - G_s_ij)^2` with
@@ -78,7 +78,7 @@ class FSPDistillation(DistillationLoss):
         self,
         teacher_layers: Sequence[str],
         student_layers: Sequence[str],
-        regressor=AUTO,
+        adapter=AUTO,
         name: str | None = None,
         **kwargs,
     ):
@@ -88,16 +88,16 @@ class FSPDistillation(DistillationLoss):
         super().__init__(name=name, **kwargs)
         self.teacher_layers = _layer_pair(teacher_layers, "teacher_layers")
         self.student_layers = _layer_pair(student_layers, "student_layers")
-        if regressor is not None and not (isinstance(regressor, str) and regressor == AUTO):
-            raise ValueError(f"regressor must be 'auto' or None, got {regressor!r}.")
-        self.regressor_arg = check_regressor(regressor, "regressor")
+        if adapter is not None and not (isinstance(adapter, str) and adapter == AUTO):
+            raise ValueError(f"adapter must be 'auto' or None, got {adapter!r}.")
+        self.adapter_arg = check_adapter(adapter, "adapter")
         self.adapters = [None, None]
         self._t_size = self._s_size = None
 
-    def teacher_features(self) -> tuple[Tap, ...]:
+    def teacher_taps(self) -> tuple[Tap, ...]:
         return tuple(Tap(name) for name in self.teacher_layers)
 
-    def student_features(self) -> tuple[Tap, ...]:
+    def student_taps(self) -> tuple[Tap, ...]:
         return tuple(Tap(name) for name in self.student_layers)
 
     def build(self, teacher_shapes, student_shapes) -> None:
@@ -112,8 +112,8 @@ class FSPDistillation(DistillationLoss):
             target = (None, s_shape[1], s_shape[2], t_shape[-1])
             adapters.append(
                 make_adapter(
-                    self.regressor_arg, target, s_shape, name=f"{self.name}_regressor_{i}",
-                    role="regressor",
+                    self.adapter_arg, target, s_shape, name=f"{self.name}_adapter_{i}",
+                    role="adapter",
                 )
             )
         self.adapters = adapters
@@ -135,7 +135,7 @@ class FSPDistillation(DistillationLoss):
             {
                 "teacher_layers": list(self.teacher_layers),
                 "student_layers": list(self.student_layers),
-                "regressor": serialize_regressor(self.regressor_arg),
+                "adapter": serialize_adapter(self.adapter_arg),
             }
         )
         return config
@@ -143,5 +143,6 @@ class FSPDistillation(DistillationLoss):
     @classmethod
     def from_config(cls, config: dict):
         config = dict(config)
-        config["regressor"] = deserialize_regressor(config.get("regressor", AUTO))
+        config.setdefault("adapter", config.pop("regressor", AUTO))  # older .keras files
+        config["adapter"] = deserialize_adapter(config["adapter"])
         return cls(**config)

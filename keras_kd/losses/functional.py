@@ -113,18 +113,18 @@ def _flatten_per_example(x):
 
 
 def hint_mse(teacher_hint, student_hint):
-    """Mean squared error between a teacher hint and a (regressed) student hint, per example.
+    """Mean squared error between a teacher hint and an (adapted) student hint, per example.
 
     Args:
         teacher_hint: `(batch, ...)` teacher feature (the hint layer's output).
-        student_hint: `(batch, ...)` student feature already mapped to the teacher's shape (by a
-            regressor, see `keras_kd.adapters`).
+        student_hint: `(batch, ...)` student feature already mapped to the teacher's shape (by an
+            adapter, see `keras_kd.adapters`).
 
     Returns:
         `(batch,)` float32: `mean_k (r(v)_k - u_k)^2` over all feature entries `k`.
 
     Example:
-        >>> hint_mse(t_feat, regressor(s_feat))  # (batch,)
+        >>> hint_mse(t_feat, adapter(s_feat))  # (batch,)
 
     Reference:
         Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015.
@@ -308,7 +308,7 @@ def overhaul_partial_l2(teacher_pre_relu, student_features, margin):
 
     Args:
         teacher_pre_relu: `(batch, ..., C)` teacher feature taken before its ReLU.
-        student_features: `(batch, ..., C)` student feature after the connector.
+        student_features: `(batch, ..., C)` student feature after the adapter.
         margin: `(C,)` per-channel margins `m = E[x | x < 0]` (negative numbers), see
             `keras_kd.losses.overhaul.batch_norm_margin`.
 
@@ -674,3 +674,131 @@ def dist_kd(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1.0
 
 
 __all__ += ["decoupled_kd", "decoupled_kd_terms", "dist_kd", "standardize_logits"]
+
+
+# ---------------------------------------------------------------------- top-k soft targets
+
+
+def _log_mass_outside(scaled_logits, indices):
+    """`log sum_{j not in indices} exp(z_j)` per row of `(rows, classes)` `z`, exactly.
+
+    The classes in `indices` (`(rows, k)`, distinct per row) are set to `-inf` by a scatter, so
+    the memory is that of the logits (no `(rows, k, classes)` one-hot); at least one class must
+    stay outside `indices`.
+    """
+    rows, k = ops.shape(indices)[0], ops.shape(indices)[1]
+    row_ids = ops.repeat(ops.arange(rows, dtype="int32"), k)
+    positions = ops.stack([row_ids, ops.reshape(ops.cast(indices, "int32"), (-1,))], axis=1)
+    taken = ops.scatter(positions, ops.ones((rows * k,), "float32"), ops.shape(scaled_logits))
+    return ops.logsumexp(ops.where(taken > 0, float("-inf"), scaled_logits), axis=-1)
+
+
+def _check_top_k(k, classes, function: str) -> None:
+    if k is not None and classes is not None and k >= classes:
+        raise ValueError(
+            f"{function} needs top_k < the number of classes (one class at least in the rest "
+            f"bucket), got top_k={k} for {classes} classes. Distil the full logits instead "
+            "(keras_kd.losses.SoftTargetDistillation)."
+        )
+
+
+def top_k_teacher_targets(teacher_logits, top_k, temperature=4.0):
+    """What a top-k cache stores of each teacher output: the k largest logits, their class ids,
+    and the softened probability mass of every other class.
+
+    Args:
+        teacher_logits: `(batch, classes)` or `(batch, ..., classes)` teacher logits.
+        top_k: how many classes to keep, `1 <= top_k < classes`.
+        temperature: the softening temperature `T > 0` of the rest mass.
+
+    Returns:
+        `(values, indices, rest_mass)`: float32 `(..., top_k)` logits in decreasing order,
+        int32 `(..., top_k)` class ids, and float32 `(...)`
+        `r = sum_{j not in top-k} softmax(t/T)_j = 1 - sum_{j in top-k} softmax(t/T)_j`,
+        computed as `exp(logsumexp_{j not in top-k}(t_j/T) - logsumexp_j(t_j/T))` so a small
+        rest mass keeps its relative precision.
+
+    Raises:
+        ValueError: for `top_k >= classes`.
+
+    Example:
+        >>> values, indices, rest = top_k_teacher_targets(logits, top_k=20, temperature=4.0)
+    """
+    z = _f32(teacher_logits)
+    classes = z.shape[-1]
+    _check_top_k(top_k, classes, "top_k_teacher_targets")
+    values, indices = ops.top_k(z, top_k, sorted=True)
+    indices = ops.cast(indices, "int32")
+    flat = ops.reshape(z / ops.cast(temperature, "float32"), (-1, classes))
+    log_rest = _log_mass_outside(flat, ops.reshape(indices, (-1, top_k)))
+    rest = ops.exp(log_rest - ops.logsumexp(flat, axis=-1))
+    return values, indices, ops.reshape(rest, ops.shape(z)[:-1])
+
+
+def top_k_soft_target_kl(teacher_top_k_logits, teacher_top_k_indices, teacher_rest_mass,
+                         student_logits, temperature=4.0):
+    """Soft-target KL over the teacher's top-k classes plus one bucket for every other class.
+
+    Both distributions are collapsed to `k + 1` buckets: the teacher's `k` classes and the
+    rest. With `K` the teacher's top-k class ids, `v` its top-k logits, `r` its stored rest
+    mass (`top_k_teacher_targets`) and `q = softmax(s/T)` the student's full distribution:
+    `p_j = (1 - r) * softmax(v/T)_j` for `j` in `K` (exact: the teacher's normaliser over all
+    classes is `sum_K exp(v/T) / (1 - r)`), `q_rest = 1 - sum_{j in K} q_j` (computed as
+    `exp(logsumexp_{j not in K}(s_j/T) - logsumexp(s/T))`), and the value is
+    `T^2 * [sum_{j in K} p_j (log p_j - log q_j) + r (log r - log q_rest)]` (the `r` term is
+    0 when `r` is 0). It is at most the full `soft_target_kl`; the difference is `T^2 r` times
+    the KL of the two distributions inside the rest bucket, which the top-k cache no longer
+    knows. For `r` close to 1 (the top-k hold almost none of the mass) `log(1 - r)` loses
+    relative precision in float32.
+
+    Args:
+        teacher_top_k_logits: `(batch, k)` (or `(batch, ..., k)`) teacher logits of its top-k
+            classes.
+        teacher_top_k_indices: their class ids, same shape (integers; a float copy is read
+            exactly up to 2^24 classes).
+        teacher_rest_mass: `(batch,)` (or `(batch, ...)`) teacher softmax mass at temperature
+            `T` outside the top-k, computed from the full logits.
+        student_logits: `(batch, classes)` (or `(batch, ..., classes)`) student logits, with
+            `k < classes`.
+        temperature: softening temperature `T > 0`; must be the one `teacher_rest_mass` was
+            computed with.
+
+    Returns:
+        float32 tensor of shape `student_logits.shape[:-1]`, per example (or per position).
+
+    Raises:
+        ValueError: for `k >= classes`.
+
+    Example:
+        >>> values, indices, rest = top_k_teacher_targets(t_logits, 20, 4.0)
+        >>> top_k_soft_target_kl(values, indices, rest, s_logits, 4.0)  # (batch,)
+
+    Reference:
+        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015 (soft
+        targets); here the teacher's distribution is truncated to its top-k classes plus one
+        rest bucket, so a cache stores `2k + 1` numbers per example instead of `classes`.
+        `T^2 * KL([p_K, r] || [q_K, q_rest])`.
+    """
+    s = _f32(student_logits)
+    classes = s.shape[-1]
+    values = _f32(teacher_top_k_logits)
+    k = values.shape[-1]
+    _check_top_k(k, classes, "top_k_soft_target_kl")
+    t = ops.cast(temperature, "float32")
+    flat_s = ops.reshape(s / t, (-1, classes))
+    flat_v = ops.reshape(values / t, (-1, k))
+    flat_i = ops.reshape(ops.cast(teacher_top_k_indices, "int32"), (-1, k))
+    rest = ops.reshape(_f32(teacher_rest_mass), (-1,))
+    log_z = ops.logsumexp(flat_s, axis=-1, keepdims=True)
+    log_q_k = ops.take_along_axis(flat_s, flat_i, axis=-1) - log_z
+    log_q_rest = _log_mass_outside(flat_s, flat_i) - log_z[:, 0]
+    # 1 - r >= 2^-24 keeps log p_K finite if the top-k mass underflowed to 0.
+    log_p_k = ops.log_softmax(flat_v, axis=-1) + ops.log1p(-ops.minimum(rest, 1.0 - 2.0**-24))[
+        :, None]
+    top = ops.sum(ops.exp(log_p_k) * (log_p_k - log_q_k), axis=-1)
+    safe_rest = ops.maximum(rest, 1.1754944e-38)  # smallest normal float32
+    bucket = ops.where(rest > 0, rest * (ops.log(safe_rest) - log_q_rest), 0.0)
+    return ops.reshape(t * t * (top + bucket), ops.shape(s)[:-1])
+
+
+__all__ += ["top_k_soft_target_kl", "top_k_teacher_targets"]

@@ -6,10 +6,10 @@ import keras
 
 from keras_kd.adapters import (
     AUTO,
-    check_regressor,
-    deserialize_regressor,
+    check_adapter,
+    deserialize_adapter,
     make_adapter,
-    serialize_regressor,
+    serialize_adapter,
 )
 from keras_kd.losses.base import DistillationLoss, Tap
 from keras_kd.losses.functional import hint_mse
@@ -23,21 +23,22 @@ def _check_layer_name(name, argument: str) -> str:
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class HintDistillation(DistillationLoss):
-    """FitNets hint loss: MSE between the teacher hint and the regressed student guided layer.
+    """FitNets hint loss: MSE between the teacher hint and the adapted student guided layer.
 
     Args:
         teacher_layer: name of the teacher's hint layer.
         student_layer: name of the student's guided layer.
-        regressor: `"auto"` (1x1 conv for 4-D maps, plus BatchNormalization when
-            `batch_norm=True`, resizing when spatial sizes differ; Dense for vectors; identity
-            when the shapes already match), `None` (identity, shapes must match) or a
-            `keras.layers.Layer` mapping the student shape to the teacher's.
-            The regressor trains with the student and is not part of `distiller.student`.
+        adapter: the trainable map from the student feature to the teacher's shape (FitNets
+            calls it a regressor): `"auto"` (1x1 conv for 4-D maps, plus BatchNormalization
+            when `batch_norm=True`, resizing when spatial sizes differ; Dense for vectors;
+            identity when the shapes already match), `None` (identity, shapes must match) or
+            a `keras.layers.Layer` mapping the student shape to the teacher's.
+            The adapter trains with the student and is not part of `distiller.student`.
         teacher_pre_activation: tap the input of the teacher layer (an activation layer).
         student_pre_activation: tap the input of the student layer (an activation layer).
-        batch_norm: whether the automatic regressor ends with BatchNormalization. Off by
-            default: FitNets' regressor is a plain convolution (Romero et al. 2015, sec. 2.2);
-            the BN variant (as in Overhaul's connector) costs a normalisation of the
+        batch_norm: whether the automatic adapter ends with BatchNormalization. Off by
+            default: FitNets' map is a plain convolution (Romero et al. 2015, sec. 2.2);
+            the BN variant (as in Overhaul's adapter) costs a normalisation of the
             teacher-width map, forward and backward, every step.
 
     Returns (when called):
@@ -58,7 +59,7 @@ class HintDistillation(DistillationLoss):
         self,
         teacher_layer: str,
         student_layer: str,
-        regressor=AUTO,
+        adapter=AUTO,
         teacher_pre_activation: bool = False,
         student_pre_activation: bool = False,
         batch_norm: bool = False,
@@ -68,35 +69,41 @@ class HintDistillation(DistillationLoss):
         super().__init__(name=name, **kwargs)
         self.teacher_layer = _check_layer_name(teacher_layer, "teacher_layer")
         self.student_layer = _check_layer_name(student_layer, "student_layer")
-        self.regressor_arg = check_regressor(regressor, "regressor")
+        self.adapter_arg = check_adapter(adapter, "adapter")
         self.teacher_pre_activation = bool(teacher_pre_activation)
         self.student_pre_activation = bool(student_pre_activation)
         self.batch_norm = bool(batch_norm)
-        self.regressor = None
+        self.adapter = None
 
-    def teacher_features(self) -> tuple[Tap, ...]:
+    @property
+    def regressor(self):
+        """Old name of `adapter`, kept because Keras looks up the adapter's weights in `.keras`
+        files saved before the rename under this attribute name."""
+        return self.adapter
+
+    def teacher_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.teacher_layer, self.teacher_pre_activation),)
 
-    def student_features(self) -> tuple[Tap, ...]:
+    def student_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.student_layer, self.student_pre_activation),)
 
     def build(self, teacher_shapes, student_shapes) -> None:
         if self.built:  # already built from its config when loaded from a .keras file
             return
-        self.regressor = make_adapter(
-            self.regressor_arg,
+        self.adapter = make_adapter(
+            self.adapter_arg,
             teacher_shapes[0],
             student_shapes[0],
             batch_norm=self.batch_norm,
-            name=f"{self.name}_regressor",
-            role="regressor",
+            name=f"{self.name}_adapter",
+            role="adapter",
         )
         self.built = True
 
     def call(self, teacher_features, student_features):
         student = student_features[0]
-        if self.regressor is not None:
-            student = self.regressor(student)
+        if self.adapter is not None:
+            student = self.adapter(student)
         return hint_mse(teacher_features[0], student)
 
     def get_config(self) -> dict:
@@ -105,7 +112,7 @@ class HintDistillation(DistillationLoss):
             {
                 "teacher_layer": self.teacher_layer,
                 "student_layer": self.student_layer,
-                "regressor": serialize_regressor(self.regressor_arg),
+                "adapter": serialize_adapter(self.adapter_arg),
                 "teacher_pre_activation": self.teacher_pre_activation,
                 "student_pre_activation": self.student_pre_activation,
                 "batch_norm": self.batch_norm,
@@ -116,5 +123,6 @@ class HintDistillation(DistillationLoss):
     @classmethod
     def from_config(cls, config: dict):
         config = dict(config)
-        config["regressor"] = deserialize_regressor(config.get("regressor", AUTO))
+        config.setdefault("adapter", config.pop("regressor", AUTO))  # older .keras files
+        config["adapter"] = deserialize_adapter(config["adapter"])
         return cls(**config)

@@ -14,7 +14,7 @@ What differs from Keras, on purpose:
     - The categorical cross-entropy forms compare `softmax(t/T)` with the student's softened
       distribution and are multiplied by `T^2` (Hinton et al. 2015, eq. 2); Keras feeds raw
       `logits / T` to them as if they were probabilities / targets.
-    - `FeatureDistillation` learns an adapter (as `HintDistillation(regressor="auto")`) when the
+    - `FeatureDistillation` learns an adapter (as `HintDistillation(adapter="auto")`) when the
       teacher and student features have different shapes, where Keras fails.
     - A structure of losses (Keras's multi-output form) is refused: keras_kd distils
       single-output models.
@@ -255,7 +255,7 @@ class FeatureDistillation(DistillationLoss):
         name: optional name, also the key of this loss in the training logs.
 
     When the two features have different shapes, a trainable adapter maps the student feature
-    to the teacher's shape first (as `HintDistillation(regressor="auto")`: a 1x1 convolution
+    to the teacher's shape first (as `HintDistillation(adapter="auto")`: a 1x1 convolution
     for feature maps, resizing when the spatial sizes differ; a Dense layer for vectors). It
     trains with the student and is not part of `distiller.student`. Equal shapes: no adapter,
     the values are Keras's.
@@ -290,31 +290,37 @@ class FeatureDistillation(DistillationLoss):
         self.loss = _resolve_loss(loss, "FeatureDistillation")
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
-        self.regressor = None
+        self.adapter = None
 
-    def teacher_features(self) -> tuple[Tap, ...]:
+    @property
+    def regressor(self):
+        """Old name of `adapter`, kept because Keras looks up the adapter's weights in `.keras`
+        files saved before the rename under this attribute name."""
+        return self.adapter
+
+    def teacher_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.teacher_layer_name) if self.teacher_layer_name else LOGITS,)
 
-    def student_features(self) -> tuple[Tap, ...]:
+    def student_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.student_layer_name) if self.student_layer_name else LOGITS,)
 
     def build(self, teacher_shapes, student_shapes) -> None:
         if self.built:  # already built from its config when loaded from a .keras file
             return
-        self.regressor = make_adapter(
+        self.adapter = make_adapter(
             AUTO,
             teacher_shapes[0],
             student_shapes[0],
             batch_norm=False,
-            name=f"{self.name}_regressor",
-            role="regressor",
+            name=f"{self.name}_adapter",
+            role="adapter",
         )
         self.built = True
 
     def call(self, teacher_features, student_features):
         student = student_features[0]
-        if self.regressor is not None:
-            student = self.regressor(student)
+        if self.adapter is not None:
+            student = self.adapter(student)
         return _per_example(self.loss, teacher_features[0], student)
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):

@@ -10,10 +10,10 @@ import numpy as np
 
 from keras_kd.adapters import (
     AUTO,
-    check_regressor,
-    deserialize_regressor,
+    check_adapter,
+    deserialize_adapter,
     make_adapter,
-    serialize_regressor,
+    serialize_adapter,
 )
 from keras_kd.losses.base import DistillationLoss, Tap
 from keras_kd.losses.functional import overhaul_partial_l2
@@ -75,9 +75,9 @@ class OverhaulDistillation(DistillationLoss):
     The teacher feature is taken *before* its ReLU (`Tap(teacher_layer, pre_activation=True)`
     on the activation layer) and transformed by `max(t, m)`, with the per-channel margin `m`
     computed from the teacher BatchNormalization feeding that ReLU (`batch_norm_margin`). The
-    student feature (pre-ReLU by default) goes through a connector (1x1 conv + BN, trained with
-    the student, not exported). Positions where the student is below a non-positive target
-    cost nothing: the ReLU would erase the difference anyway.
+    student feature (pre-ReLU by default) goes through an adapter (1x1 conv + BN, the paper's
+    connector; trained with the student, not exported). Positions where the student is below
+    a non-positive target cost nothing: the ReLU would erase the difference anyway.
 
     Args:
         teacher_layer: name of the teacher's activation (ReLU) layer.
@@ -87,7 +87,7 @@ class OverhaulDistillation(DistillationLoss):
             `margin` is given.
         teacher_batch_norm: name of that BN layer; default: the layer feeding `teacher_layer`.
         margin: explicit per-channel margins (instead of `teacher`).
-        connector: `"auto"` (1x1 conv + BN, resizing if needed) or a `keras.layers.Layer`.
+        adapter: `"auto"` (1x1 conv + BN, resizing if needed) or a `keras.layers.Layer`.
         student_pre_activation: tap the student layer's input (pre-ReLU), as in the paper.
 
     Returns (when called):
@@ -111,7 +111,7 @@ class OverhaulDistillation(DistillationLoss):
         teacher: keras.Model | None = None,
         teacher_batch_norm: str | None = None,
         margin: Sequence[float] | None = None,
-        connector=AUTO,
+        adapter=AUTO,
         student_pre_activation: bool = True,
         name: str | None = None,
         **kwargs,
@@ -120,9 +120,9 @@ class OverhaulDistillation(DistillationLoss):
         for arg, value in (("teacher_layer", teacher_layer), ("student_layer", student_layer)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{arg} must be a layer name (non-empty str), got {value!r}.")
-        if connector is None:
-            raise ValueError("connector must be 'auto' or a keras.layers.Layer, got None.")
-        self.connector_arg = check_regressor(connector, "connector")
+        if adapter is None:
+            raise ValueError("adapter must be 'auto' or a keras.layers.Layer, got None.")
+        self.adapter_arg = check_adapter(adapter, "adapter")
         self.teacher_layer = teacher_layer
         self.student_layer = student_layer
         self.student_pre_activation = bool(student_pre_activation)
@@ -158,12 +158,18 @@ class OverhaulDistillation(DistillationLoss):
             dtype="float32",
             name="margin",
         )
-        self.connector = None
+        self.adapter = None
 
-    def teacher_features(self) -> tuple[Tap, ...]:
+    @property
+    def connector(self):
+        """Old name of `adapter`, kept because Keras looks up the adapter's weights in `.keras`
+        files saved before the rename under this attribute name."""
+        return self.adapter
+
+    def teacher_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.teacher_layer, pre_activation=True),)
 
-    def student_features(self) -> tuple[Tap, ...]:
+    def student_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.student_layer, pre_activation=self.student_pre_activation),)
 
     def build(self, teacher_shapes, student_shapes) -> None:
@@ -175,15 +181,15 @@ class OverhaulDistillation(DistillationLoss):
                 f"The margin has {self.margin.shape[0]} channels but teacher layer "
                 f"'{self.teacher_layer}' gives {t_shape[-1]} (shape {t_shape})."
             )
-        self.connector = make_adapter(
-            self.connector_arg, t_shape, student_shapes[0], always=True,
-            name=f"{self.name}_connector", role="connector",
+        self.adapter = make_adapter(
+            self.adapter_arg, t_shape, student_shapes[0], always=True,
+            name=f"{self.name}_adapter", role="adapter",
         )
         self.built = True
 
     def call(self, teacher_features, student_features):
         return overhaul_partial_l2(
-            teacher_features[0], self.connector(student_features[0]), self.margin
+            teacher_features[0], self.adapter(student_features[0]), self.margin
         )
 
     def get_config(self) -> dict:
@@ -193,7 +199,7 @@ class OverhaulDistillation(DistillationLoss):
                 "teacher_layer": self.teacher_layer,
                 "student_layer": self.student_layer,
                 "margin": [float(m) for m in keras.ops.convert_to_numpy(self.margin)],
-                "connector": serialize_regressor(self.connector_arg),
+                "adapter": serialize_adapter(self.adapter_arg),
                 "student_pre_activation": self.student_pre_activation,
             }
         )
@@ -202,5 +208,6 @@ class OverhaulDistillation(DistillationLoss):
     @classmethod
     def from_config(cls, config: dict):
         config = dict(config)
-        config["connector"] = deserialize_regressor(config.get("connector", AUTO))
+        config.setdefault("adapter", config.pop("connector", AUTO))  # older .keras files
+        config["adapter"] = deserialize_adapter(config["adapter"])
         return cls(**config)

@@ -57,10 +57,10 @@ class RelationalDistillation(DistillationLoss):
         if self.distance_weight == 0 and self.angle_weight == 0:
             raise ValueError("distance_weight and angle_weight cannot both be 0.")
 
-    def teacher_features(self) -> tuple[Tap, ...]:
+    def teacher_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.teacher_layer) if self.teacher_layer else LOGITS,)
 
-    def student_features(self) -> tuple[Tap, ...]:
+    def student_taps(self) -> tuple[Tap, ...]:
         return (Tap(self.student_layer) if self.student_layer else LOGITS,)
 
     def call(self, teacher_features, student_features):

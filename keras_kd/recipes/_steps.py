@@ -9,13 +9,17 @@ models and continues with the first unfinished step.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import keras
 
 from keras_kd import losses as kd_losses
+from keras_kd import validation
 from keras_kd.distiller import Distiller
 
 MANIFEST = "manifest.json"
@@ -81,6 +85,99 @@ def per_step_callbacks(callbacks, num_steps: int) -> list[list]:
     )
 
 
+def writable_dir(name: str, path: str | os.PathLike) -> Path:
+    """Creates directory `path` if needed and checks that a file can be written in it.
+
+    Raises:
+        TypeError: if `path` is not a string or path-like.
+        ValueError: if the directory cannot be created or written to (the message says why).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a directory path, got {path!r}.")
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"{name} must be a directory where files can be written, got {os.fspath(path)!r}. "
+            f"{error.strerror or error}."
+        ) from error
+    return out
+
+
+def _parameter_names(function, exclude: Sequence[str]) -> list[str]:
+    return [
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in ("self", *exclude)
+    ]
+
+
+def _check_keys(name: str, given: dict, allowed: list[str], supplied: dict[str, str]) -> None:
+    for key in given:
+        if key in supplied:
+            raise ValueError(f"{name} must not contain {key!r}: {supplied[key]}.")
+        if key not in allowed:
+            raise ValueError(
+                f"{name} has an unknown key {key!r}; the accepted keys are {', '.join(allowed)}."
+            )
+
+
+def check_step_arguments(
+    distiller_kwargs: Sequence[dict | None],
+    compile_kwargs: Sequence[dict | None],
+    fit_kwargs: dict,
+) -> None:
+    """Checks every step's keyword arguments before the first step trains.
+
+    Unknown keys, keys the recipe sets itself, loss names, `student_loss_weight` and a list of
+    `distillation_loss_weights` are checked here, so a typo in the last step's settings fails
+    at once rather than after the earlier steps have trained.
+
+    Raises:
+        TypeError, ValueError: naming the step and the key.
+    """
+    distiller_keys = _parameter_names(Distiller, ("teacher", "student"))
+    recipe_sets = {
+        "teacher": "each step's teacher is set by the recipe",
+        "student": "each step's student is set by the recipe",
+    }
+    for k, kwargs in enumerate(distiller_kwargs):
+        name = f"distiller_kwargs[{k}]" if len(distiller_kwargs) > 1 else "distiller_kwargs"
+        kwargs = kwargs or {}
+        _check_keys(name, kwargs, distiller_keys, recipe_sets)
+        if "student_loss_weight" in kwargs:
+            validation.unit_interval(
+                f"{name}['student_loss_weight']",
+                kwargs["student_loss_weight"],
+                hint="It is alpha, the weight of the label loss.",
+            )
+        losses = fresh_distillation_losses(kwargs)  # unknown loss names raise here
+        weights = kwargs.get("distillation_loss_weights")
+        if weights is not None and not isinstance(weights, keras.layers.Layer):
+            validation.weights(f"{name}['distillation_loss_weights']", weights, len(losses))
+    # A Distiller override may take **kwargs on to keras.Model: accept the names of both.
+    compile_keys = _parameter_names(Distiller.compile, ())
+    compile_keys += [k for k in _parameter_names(keras.Model.compile, ()) if k not in compile_keys]
+    for k, kwargs in enumerate(compile_kwargs):
+        name = f"compile_kwargs[{k}]" if len(compile_kwargs) > 1 else "compile_kwargs"
+        _check_keys(name, kwargs or {}, compile_keys, {})
+    fit_keys = _parameter_names(Distiller.fit, ())
+    fit_keys += [k for k in _parameter_names(keras.Model.fit, ()) if k not in fit_keys]
+    _check_keys(
+        "fit_kwargs",
+        fit_kwargs,
+        fit_keys,
+        {
+            "x": "pass the data as dataset",
+            "epochs": "pass the recipe's epochs argument",
+            "callbacks": "pass the recipe's callbacks argument (one list per step)",
+        },
+    )
+
+
 def _copy(obj):
     """A fresh, unbuilt copy of a Keras object, so no state leaks from one step to the next."""
     return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
@@ -130,7 +227,7 @@ class WorkDir:
         self.finished_at_start = 0
         if self.path is None:
             return
-        os.makedirs(self.path, exist_ok=True)
+        writable_dir("work_dir", self.path)
         manifest = os.path.join(self.path, MANIFEST)
         if os.path.exists(manifest):
             with open(manifest) as f:

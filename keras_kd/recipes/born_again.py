@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import keras
 
+from keras_kd import validation
 from keras_kd.recipes import _steps
 from keras_kd.recipes._steps import RecipeResult
 from keras_kd.teachers.ensemble import Ensemble
@@ -61,8 +62,10 @@ def born_again(
         `models[k]` is generation `k`) and `histories` one dict per trained generation.
 
     Raises:
-        ValueError: for `generations < 1`, per-step lists of the wrong length, a
-            `make_student` that returns the same object twice, or a mismatched `work_dir`.
+        TypeError, ValueError: before anything trains, for a bad argument: `generations < 1`,
+            per-step lists of the wrong length, an unknown key or a bad value in the per-step
+            keyword arguments, an unwritable or mismatched `work_dir`. `ValueError` also for a
+            `make_student` that returns the same object twice.
 
     Example:
         >>> result = keras_kd.recipes.born_again(make_cnn, gen0, generations=2,
@@ -79,13 +82,16 @@ def born_again(
         )
     if not isinstance(teacher, keras.Model):
         raise TypeError(f"teacher must be a keras.Model, got {type(teacher)!r}.")
-    if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
-        raise ValueError(f"generations must be a positive integer, got {generations!r}.")
-    n = generations
+    n = validation.positive_int("generations", generations)
+    if not isinstance(ensemble_previous, bool):
+        raise TypeError(f"ensemble_previous must be True or False, got {ensemble_previous!r}.")
+    if dataset is None:
+        raise TypeError("dataset must be what fit trains on ((x, y) batches), got None.")
     epochs = _steps.per_step("epochs", epochs, n, _steps.is_epochs)
     distiller_kwargs = _steps.per_step("distiller_kwargs", distiller_kwargs, n, _steps.is_kwargs)
     compile_kwargs = _steps.per_step("compile_kwargs", compile_kwargs, n, _steps.is_kwargs)
     callbacks = _steps.per_step_callbacks(callbacks, n)
+    _steps.check_step_arguments(distiller_kwargs, compile_kwargs, fit_kwargs)
     work = _steps.WorkDir(work_dir, "born_again", n)
 
     models = [teacher]

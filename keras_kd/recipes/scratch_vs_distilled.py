@@ -4,6 +4,12 @@ The controlled comparison behind every "distillation helps" claim: two copies of
 architecture start from the **same initial weights**, see the **same examples in the same
 order** for the **same number of steps** with the same optimizer; only the loss differs
 (hard labels alone vs. `keras_kd.Distiller` with soft targets).
+
+Seeded runs are reproducible bit for bit: every model is built right after
+`keras.utils.set_random_seed(seed)` (pass the teacher as a factory so it is too), the batches
+come in a seed-determined order, and TensorFlow's op determinism is switched on. Because the
+same student can still differ by tens of test errors from one seed to the next, the student
+duel can be repeated over `num_seeds` consecutive seeds and reported as mean and spread.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd import validation
 from keras_kd.distiller import Distiller
 from keras_kd.losses.soft_target import SoftTargetDistillation
+from keras_kd.recipes._steps import writable_dir
 from keras_kd.teachers.cached import cache_teacher_logits
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -38,9 +46,10 @@ class ModelSummary:
         test_accuracy: accuracy on the test set after the last epoch.
         test_errors: number of misclassified test examples.
         path: where the model was saved, or `None` if it was only measured.
-        history: per-epoch Keras history (`accuracy`, `val_accuracy`, ...); empty for a teacher
-            that was loaded rather than trained.
-        seconds: wall time spent training it.
+        history: per-epoch Keras history (`accuracy`, `val_accuracy`, ...); `val_` values are
+            measured on the test data. Empty for a teacher that was loaded rather than trained.
+        seconds: wall time of its training (the teacher's logits for distillation are computed
+            once beforehand and not counted).
     """
 
     name: str
@@ -54,13 +63,35 @@ class ModelSummary:
 
 
 @dataclasses.dataclass
+class SeedRun:
+    """One repetition of the student duel: both students trained with one seed.
+
+    Attributes:
+        seed: the seed of their initial weights and batch order.
+        scratch, distilled: the two students' `ModelSummary`.
+    """
+
+    seed: int
+    scratch: ModelSummary
+    distilled: ModelSummary
+
+    @property
+    def error_reduction(self) -> int:
+        """Test errors the distilled student avoids relative to the scratch one."""
+        return self.scratch.test_errors - self.distilled.test_errors
+
+
+@dataclasses.dataclass
 class ScratchVsDistilledResult:
     """What `scratch_vs_distilled` returns.
 
     Attributes:
-        teacher, scratch, distilled: one `ModelSummary` each.
+        teacher: the teacher's `ModelSummary`.
+        scratch, distilled: the students of the first seed (the ones saved to `output_dir`).
         settings: the budget and distillation settings (epochs, batch size, temperature, ...).
         num_test_examples: size of the test set the errors are counted on.
+        seed_runs: one `SeedRun` per seed, the first holding `scratch` and `distilled`
+            (filled with that single run when not given).
     """
 
     teacher: ModelSummary
@@ -68,6 +99,11 @@ class ScratchVsDistilledResult:
     distilled: ModelSummary
     settings: dict
     num_test_examples: int
+    seed_runs: list[SeedRun] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.seed_runs:
+            self.seed_runs = [SeedRun(self.settings.get("seed", 0), self.scratch, self.distilled)]
 
     @property
     def summaries(self) -> tuple[ModelSummary, ModelSummary, ModelSummary]:
@@ -75,8 +111,17 @@ class ScratchVsDistilledResult:
 
     @property
     def error_reduction(self) -> int:
-        """Test errors the distilled student avoids relative to the scratch one."""
+        """Test errors the distilled student avoids relative to the scratch one (first seed)."""
         return self.scratch.test_errors - self.distilled.test_errors
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.seed for run in self.seed_runs]
+
+    @property
+    def error_reductions(self) -> list[int]:
+        """`error_reduction` of every seed, in seed order."""
+        return [run.error_reduction for run in self.seed_runs]
 
 
 def _check_arrays(name: str, data) -> Arrays:
@@ -114,7 +159,13 @@ def _ordered(x, y, batch_size: int, seed: int, augment=None) -> tf.data.Dataset:
 
 def evaluate_errors(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000):
     """Returns `(accuracy, errors)` of `model`'s argmax predictions on `(x, y)`."""
-    predictions = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
+    # Eager calls, not `predict`: one traced function per model would make TensorFlow warn
+    # about retracing when several models are measured in a row.
+    logits = [
+        keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False))
+        for i in range(0, len(x), batch_size)
+    ]
+    predictions = np.argmax(np.concatenate(logits), axis=-1)
     errors = int(np.sum(predictions != np.asarray(y)))
     return 1.0 - errors / len(y), errors
 
@@ -177,8 +228,68 @@ def train_classifier(
     return history.history
 
 
+def _check_teacher(teacher, teacher_epochs: int) -> None:
+    expected = (
+        "a keras.Model, a no-argument callable that builds one, or the path of a saved .keras "
+        "file"
+    )
+    if isinstance(teacher, keras.Model):
+        return
+    if isinstance(teacher, (str, os.PathLike)):
+        if not Path(teacher).is_file():
+            raise ValueError(
+                f"teacher must be {expected}, got {os.fspath(teacher)!r}, which is not a file."
+            )
+        return
+    if callable(teacher):
+        if teacher_epochs == 0:
+            raise ValueError(
+                "teacher_epochs must be a positive integer when teacher is a factory (a teacher "
+                "built here must be trained here), got 0."
+            )
+        return
+    raise TypeError(f"teacher must be {expected}, got {teacher!r}.")
+
+
+def _new_students(student_factory: Callable[[], keras.Model], seed: int):
+    """Two students built after seeding, the second with the first one's initial weights."""
+    keras.utils.set_random_seed(seed)
+    scratch = student_factory()
+    distilled = student_factory()
+    if (
+        scratch is distilled
+        or not isinstance(scratch, keras.Model)
+        or not isinstance(distilled, keras.Model)
+    ):
+        raise ValueError("student_factory must return a new keras.Model on every call.")
+    distilled.set_weights(scratch.get_weights())
+    return scratch, distilled
+
+
+class _Phases:
+    """Prints a numbered heading per phase and a one-line outcome (only when `verbose`)."""
+
+    def __init__(self, total: int, verbose, num_test_examples: int):
+        self.total, self.done, self.verbose = total, 0, verbose
+        self.num_test_examples = num_test_examples
+
+    def start(self, text: str) -> None:
+        self.done += 1
+        if self.verbose:
+            print(f"\n[{self.done}/{self.total}] {text}", flush=True)
+
+    def outcome(self, summary: ModelSummary) -> None:
+        if self.verbose:
+            took = f" in {summary.seconds:.0f} s" if summary.seconds else ""
+            print(
+                f"    {summary.name}: {summary.test_errors} test errors of "
+                f"{self.num_test_examples:,} (accuracy {summary.test_accuracy:.4f}){took}",
+                flush=True,
+            )
+
+
 def scratch_vs_distilled(
-    teacher: keras.Model | str | os.PathLike,
+    teacher: keras.Model | str | os.PathLike | Callable[[], keras.Model],
     student_factory: Callable[[], keras.Model],
     train_data: Arrays,
     test_data: Arrays,
@@ -191,8 +302,10 @@ def scratch_vs_distilled(
     teacher_epochs: int = 0,
     teacher_augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
     seed: int = 0,
+    num_seeds: int = 1,
+    deterministic: bool = True,
     output_dir: str | os.PathLike | None = None,
-    verbose: int = 0,
+    verbose: int | str = 0,
 ) -> ScratchVsDistilledResult:
     """Trains one student from scratch and distils an identical copy from `teacher`.
 
@@ -204,11 +317,19 @@ def scratch_vs_distilled(
     `alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))` through
     `keras_kd.Distiller`, with the teacher's logits computed once up front
     (`keras_kd.cache_teacher_logits`; exact, as students see no augmentation). Accuracies are
-    measured on `test_data` after the last epoch; the per-epoch `val_accuracy` is monitoring
-    only.
+    measured on `test_data` after the last epoch; the per-epoch `val_accuracy` is measured on
+    `test_data` too, for monitoring only (nothing is selected on it).
+
+    With `num_seeds > 1` the duel is repeated with seeds `seed, seed + 1, ...` (new initial
+    weights and batch order each time, the same teacher) so that the report can give the mean
+    and spread of both students; only the first seed's students are saved.
+
+    Every argument is checked before anything is built, trained or written.
 
     Args:
-        teacher: a logits `keras.Model`, or the path of a saved `.keras` teacher.
+        teacher: a logits `keras.Model`, the path of a saved `.keras` teacher, or a no-argument
+            callable that builds one (called after seeding, so its initial weights and dropout
+            masks follow `seed`; needs `teacher_epochs > 0`).
         student_factory: a no-argument callable returning a fresh (untrained) logits student.
         train_data: `(x, y)` training arrays, integer labels.
         test_data: `(x, y)` test arrays.
@@ -221,66 +342,137 @@ def scratch_vs_distilled(
             (use 0 for an already trained teacher).
         teacher_augment: optional batch-wise input transform for the teacher's training only
             (e.g. jitter). Students never see it.
-        seed: initialisation and shuffling seed.
+        seed: seed of the teacher's and the first students' initialisation and batch order.
+        num_seeds: how many seeds (`seed`, `seed + 1`, ...) the two students are trained with.
+        deterministic: switch on `tf.config.experimental.enable_op_determinism()`, so a rerun
+            with the same seed gives the same weights bit for bit. The switch is process-wide
+            and stays on afterwards (TensorFlow offers no public way back).
         output_dir: where to save `teacher.keras`, `student_scratch.keras` and `student.keras`
-            (the distilled student). If `None` they are saved to a temporary directory only to
-            measure their size.
-        verbose: Keras verbosity of the `fit` calls.
+            (the distilled student), created if needed. If `None` they are saved to a temporary
+            directory only to measure their size.
+        verbose: Keras verbosity of the `fit` calls; when non-zero, a numbered heading and a
+            one-line outcome are also printed for each phase (teacher, then per seed the scratch
+            and the distilled student).
 
     Returns:
         A `ScratchVsDistilledResult`.
 
     Raises:
-        ValueError: for inconsistent data, a non-positive budget, or a student factory that
-            returns the same model twice.
+        TypeError, ValueError: for a bad argument (the message names it), before any training;
+            `ValueError` also for a student factory that returns the same model twice.
 
     Example:
         >>> result = scratch_vs_distilled(
         ...     "teacher.keras", lambda: keras_kd.models.mlp((32,), name="student"),
         ...     keras_kd.datasets.load_arrays("mnist", "train"),
-        ...     keras_kd.datasets.load_arrays("mnist", "test"), temperature=8.0, epochs=5)
-        >>> result.distilled.test_errors < result.scratch.test_errors
+        ...     keras_kd.datasets.load_arrays("mnist", "test"), temperature=8.0, epochs=5,
+        ...     num_seeds=3)
+        >>> result.error_reductions      # one value per seed
 
     Reference:
         Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
+    # ---------------------------------------------------------------- arguments, all up front
     x_train, y_train = _check_arrays("train_data", train_data)
     x_test, y_test = _check_arrays("test_data", test_data)
-    for arg, value, minimum in (
-        ("epochs", epochs, 1),
-        ("batch_size", batch_size, 1),
-        ("teacher_epochs", teacher_epochs, 0),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            kind = "a positive" if minimum else "a non-negative"
-            raise ValueError(f"{arg} must be {kind} integer, got {value!r}.")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"train_data and test_data must hold inputs of one shape, got {x_train.shape[1:]} "
+            f"and {x_test.shape[1:]}."
+        )
+    temperature = validation.positive(
+        "temperature", temperature, hint="It is the softening temperature T, e.g. 4.0."
+    )
+    student_loss_weight = validation.unit_interval(
+        "student_loss_weight",
+        student_loss_weight,
+        hint="It is alpha, the weight of the label loss.",
+    )
+    epochs = validation.positive_int("epochs", epochs)
+    batch_size = validation.positive_int("batch_size", batch_size)
+    learning_rate = validation.positive("learning_rate", learning_rate)
+    teacher_epochs = validation.non_negative_int(
+        "teacher_epochs", teacher_epochs, hint="Use 0 for a teacher that is already trained."
+    )
+    seed = validation.non_negative_int("seed", seed)
+    num_seeds = validation.positive_int("num_seeds", num_seeds)
+    if seed + num_seeds > 2**32:
+        raise ValueError(
+            f"seed + num_seeds must be at most 2**32 (NumPy's seed range), got {seed} + "
+            f"{num_seeds}."
+        )
+    if not callable(student_factory):
+        raise TypeError(
+            f"student_factory must be a no-argument callable returning a keras.Model, got "
+            f"{student_factory!r}."
+        )
+    if teacher_augment is not None and not callable(teacher_augment):
+        raise TypeError(f"teacher_augment must be callable or None, got {teacher_augment!r}.")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be True or False, got {deterministic!r}.")
+    verbose = validation.one_of("verbose", verbose, (0, 1, 2, "auto"))
+    _check_teacher(teacher, teacher_epochs)
+    if output_dir is not None:
+        out = writable_dir("output_dir", output_dir)  # last: no folder is left for a bad argument
 
+    # ---------------------------------------------------------------- runs
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    seeds = list(range(seed, seed + num_seeds))
+    phases = _Phases(1 + 2 * num_seeds, verbose, len(x_test))
     scratch_dir = None
     if output_dir is None:
         scratch_dir = tempfile.TemporaryDirectory(prefix="keras_kd_scratch_vs_distilled_")
         out = Path(scratch_dir.name)
-    else:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
     settings = {
-        "temperature": float(temperature),
-        "student_loss_weight": float(student_loss_weight),
+        "temperature": temperature,
+        "student_loss_weight": student_loss_weight,
         "epochs": epochs,
         "batch_size": batch_size,
-        "learning_rate": float(learning_rate),
+        "learning_rate": learning_rate,
         "teacher_epochs": teacher_epochs,
         "seed": seed,
+        "num_seeds": num_seeds,
+        "deterministic ops": deterministic,
         "train_examples": len(x_train),
     }
+
+    def summary(name, model, history, seconds, filename=None, size=None):
+        accuracy, errors = evaluate_errors(model, x_test, y_test)
+        path = None if filename is None else out / filename
+        if size is None:
+            size = _saved_size(model, path)
+        return ModelSummary(
+            name=name,
+            params=int(model.count_params()),
+            file_size=int(size),
+            test_accuracy=float(accuracy),
+            test_errors=int(errors),
+            path=os.fspath(path) if path is not None and scratch_dir is None else None,
+            history={k: [float(v) for v in vs] for k, vs in history.items()},
+            seconds=float(seconds),
+        )
+
     try:
         # ------------------------------------------------------------ teacher
+        keras.utils.set_random_seed(seed)
         if isinstance(teacher, (str, os.PathLike)):
             settings["teacher_path"] = os.fspath(teacher)
             teacher = keras.models.load_model(teacher)
-        if not isinstance(teacher, keras.Model):
-            raise TypeError(f"teacher must be a keras.Model or a path, got {type(teacher)!r}.")
+            if not isinstance(teacher, keras.Model):
+                raise TypeError(f"teacher must be a saved keras.Model, got {type(teacher)!r}.")
+        elif not isinstance(teacher, keras.Model):
+            teacher = teacher()
+            if not isinstance(teacher, keras.Model):
+                raise TypeError(f"teacher() must return a keras.Model, got {type(teacher)!r}.")
+        first_students = _new_students(student_factory, seeds[0])  # checks the factory early
+
         teacher_history, start = {}, time.perf_counter()
         if teacher_epochs:
+            phases.start(
+                f"Teacher '{teacher.name}': {teacher.count_params():,} parameters, "
+                f"{teacher_epochs} epoch(s) on {len(x_train):,} examples"
+            )
             keras.utils.set_random_seed(seed)
             teacher_history = train_classifier(
                 teacher,
@@ -293,93 +485,95 @@ def scratch_vs_distilled(
                 teacher_augment,
                 verbose,
             )
-        teacher_seconds = time.perf_counter() - start
-        teacher_size = _saved_size(teacher, out / "teacher.keras")
-
-        # ------------------------------------------------------------ students
-        keras.utils.set_random_seed(seed)
-        scratch = student_factory()
-        distilled = student_factory()
-        if scratch is distilled or not isinstance(scratch, keras.Model):
-            raise ValueError("student_factory must return a new keras.Model on every call.")
-        distilled.set_weights(scratch.get_weights())
-
-        keras.utils.set_random_seed(seed)
-        start = time.perf_counter()
-        scratch_history = train_classifier(
-            scratch,
-            (x_train, y_train),
-            (x_test, y_test),
-            epochs,
-            batch_size,
-            learning_rate,
-            seed,
-            None,
-            verbose,
-        )
-        scratch_seconds = time.perf_counter() - start
-
-        keras.utils.set_random_seed(seed)
-        start = time.perf_counter()
-        cached_train = cache_teacher_logits(teacher, x_train, y_train)
-        cached_test = cache_teacher_logits(teacher, x_test, y_test)
-        distiller = Distiller(
-            teacher,
-            distilled,
-            distillation_losses=SoftTargetDistillation(temperature),
-            student_loss_weight=student_loss_weight,
-        )
-        distiller.compile(
-            optimizer=_adam(learning_rate, epochs, len(x_train), batch_size),
-            loss=_hard_loss(),
-            metrics=["accuracy"],
-        )
-        distilled_history = distiller.fit(
-            cached_train.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE),
-            validation_data=cached_test.batch(1000),
-            epochs=epochs,
-            shuffle=False,
-            verbose=verbose,
-        ).history
-        distilled_seconds = time.perf_counter() - start
-
-        def summary(name, model, history, seconds, filename, size=None):
-            accuracy, errors = evaluate_errors(model, x_test, y_test)
-            path = out / filename
-            size = _saved_size(model, path) if size is None else size
-            return ModelSummary(
-                name=name,
-                params=int(model.count_params()),
-                file_size=int(size),
-                test_accuracy=float(accuracy),
-                test_errors=int(errors),
-                path=os.fspath(path) if scratch_dir is None else None,
-                history={k: [float(v) for v in vs] for k, vs in history.items()},
-                seconds=float(seconds),
+        else:
+            phases.start(
+                f"Teacher '{teacher.name}': {teacher.count_params():,} parameters, already "
+                "trained (not trained here)"
             )
+        seconds = time.perf_counter() - start if teacher_epochs else 0.0
+        teacher_summary = summary("teacher", teacher, teacher_history, seconds, "teacher.keras")
+        phases.outcome(teacher_summary)
+        cached_train = cache_teacher_logits(teacher, x_train, y_train)
+        cached_test = cache_teacher_logits(teacher, x_test, y_test).batch(1000)
 
-        return ScratchVsDistilledResult(
-            teacher=summary(
-                "teacher", teacher, teacher_history, teacher_seconds, "teacher.keras", teacher_size
-            ),
-            scratch=summary(
+        # ------------------------------------------------------------ students, per seed
+        runs = []
+        for k, run_seed in enumerate(seeds):
+            scratch, distilled = first_students if k == 0 else _new_students(
+                student_factory, run_seed
+            )
+            of_seed = f"seed {run_seed}" + (f" ({k + 1} of {num_seeds})" if num_seeds > 1 else "")
+            phases.start(
+                f"Student from scratch, {of_seed}: {scratch.count_params():,} parameters, "
+                f"{epochs} epoch(s), labels only"
+            )
+            keras.utils.set_random_seed(run_seed)
+            start = time.perf_counter()
+            scratch_history = train_classifier(
+                scratch,
+                (x_train, y_train),
+                (x_test, y_test),
+                epochs,
+                batch_size,
+                learning_rate,
+                run_seed,
+                None,
+                verbose,
+            )
+            scratch_summary = summary(
                 "student (scratch)",
                 scratch,
                 scratch_history,
-                scratch_seconds,
-                "student_scratch.keras",
-            ),
-            distilled=summary(
+                time.perf_counter() - start,
+                "student_scratch.keras" if k == 0 else None,
+                None if k == 0 else runs[0].scratch.file_size,
+            )
+            phases.outcome(scratch_summary)
+
+            phases.start(
+                f"Distilled student, {of_seed}: same initial weights and batches, T = "
+                f"{temperature:g}, alpha = {student_loss_weight:g}, {epochs} epoch(s)"
+            )
+            keras.utils.set_random_seed(run_seed)
+            start = time.perf_counter()
+            distiller = Distiller(
+                teacher,
+                distilled,
+                distillation_losses=SoftTargetDistillation(temperature),
+                student_loss_weight=student_loss_weight,
+            )
+            distiller.compile(
+                optimizer=_adam(learning_rate, epochs, len(x_train), batch_size),
+                loss=_hard_loss(),
+                metrics=["accuracy"],
+            )
+            distilled_history = distiller.fit(
+                cached_train.shuffle(len(x_train), seed=run_seed, reshuffle_each_iteration=True)
+                .batch(batch_size)
+                .prefetch(tf.data.AUTOTUNE),
+                validation_data=cached_test,
+                epochs=epochs,
+                shuffle=False,
+                verbose=verbose,
+            ).history
+            distilled_summary = summary(
                 "student (distilled)",
                 distilled,
                 distilled_history,
-                distilled_seconds,
-                "student.keras",
-            ),
+                time.perf_counter() - start,
+                "student.keras" if k == 0 else None,
+                None if k == 0 else runs[0].distilled.file_size,
+            )
+            phases.outcome(distilled_summary)
+            runs.append(SeedRun(run_seed, scratch_summary, distilled_summary))
+
+        return ScratchVsDistilledResult(
+            teacher=teacher_summary,
+            scratch=runs[0].scratch,
+            distilled=runs[0].distilled,
             settings=settings,
             num_test_examples=len(x_test),
+            seed_runs=runs,
         )
     finally:
         if scratch_dir is not None:

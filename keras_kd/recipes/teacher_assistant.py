@@ -55,7 +55,9 @@ def teacher_assistant_chain(
         step, `resumed_steps` the number of steps loaded from `work_dir`.
 
     Raises:
-        ValueError: for per-step lists of the wrong length, a reused model, or a `work_dir`
+        TypeError, ValueError: before anything trains, for a bad argument: a model that is not
+            a `keras.Model` or is reused, per-step lists of the wrong length, an unknown key or
+            a bad value in the per-step keyword arguments, an unwritable `work_dir` or one
             holding a different run.
 
     Example:
@@ -79,11 +81,14 @@ def teacher_assistant_chain(
             raise TypeError(f"{where} must be a keras.Model, got {type(model)!r}.")
     if len({id(m) for m in [teacher, *students]}) != len(students) + 1:
         raise ValueError("teacher, assistants and student must be distinct model objects.")
+    if dataset is None:
+        raise TypeError("dataset must be what fit trains on ((x, y) batches), got None.")
     n = len(students)
     epochs = _steps.per_step("epochs", epochs, n, _steps.is_epochs)
     distiller_kwargs = _steps.per_step("distiller_kwargs", distiller_kwargs, n, _steps.is_kwargs)
     compile_kwargs = _steps.per_step("compile_kwargs", compile_kwargs, n, _steps.is_kwargs)
     callbacks = _steps.per_step_callbacks(callbacks, n)
+    _steps.check_step_arguments(distiller_kwargs, compile_kwargs, fit_kwargs)
     work = _steps.WorkDir(work_dir, "teacher_assistant_chain", n)
 
     histories = []

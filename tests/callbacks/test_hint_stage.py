@@ -88,8 +88,8 @@ def _groups(distiller, hint, other):
             v for n in UPSTREAM for v in student.get_layer(n).non_trainable_variables
         ],
         "downstream": [v for n in DOWNSTREAM for v in student.get_layer(n).weights],
-        "regressor": list(hint.regressor.trainable_variables),
-        "other_regressor": list(other.regressor.weights),
+        "adapter": list(hint.adapter.trainable_variables),
+        "other_adapter": list(other.adapter.weights),
         "student_trainable": list(student.trainable_variables),
         "student_all": list(student.weights),
     }
@@ -104,11 +104,11 @@ def test_stage_one_trains_only_up_to_the_guided_layer_then_everything():
     for epoch in (0, 1):  # stage 1
         assert all(snaps.changed(epoch, "upstream"))
         assert all(snaps.changed(epoch, "upstream_stats"))  # bn1 runs in training mode
-        assert all(snaps.changed(epoch, "regressor"))
+        assert all(snaps.changed(epoch, "adapter"))
         assert not any(snaps.changed(epoch, "downstream"))  # weights and BN statistics
-        assert not any(snaps.changed(epoch, "other_regressor"))
+        assert not any(snaps.changed(epoch, "other_adapter"))
     assert all(snaps.changed(2, "student_trainable"))  # stage 2: the whole student
-    assert all(snaps.changed(2, "other_regressor"))
+    assert all(snaps.changed(2, "other_adapter"))
     # optimizer state was zeroed at the switch (and only there)
     assert snaps.optimizer_zero_at_begin[2] and not snaps.optimizer_zero_at_begin[1]
     # the configured objective and trainability are back after fit

@@ -169,10 +169,10 @@ def mlp(hidden, name):
 
 def test_feature_distillation_taps_the_named_layers_or_the_logits():
     named = FeatureDistillation("mse", "teacher_hidden", "student_hidden")
-    assert named.teacher_features() == (Tap("teacher_hidden"),)
-    assert named.student_features() == (Tap("student_hidden"),)
+    assert named.teacher_taps() == (Tap("teacher_hidden"),)
+    assert named.student_taps() == (Tap("student_hidden"),)
     final = FeatureDistillation()
-    assert final.teacher_features() == (LOGITS,) and final.student_features() == (LOGITS,)
+    assert final.teacher_taps() == (LOGITS,) and final.student_taps() == (LOGITS,)
 
 
 @pytest.mark.parametrize("loss", ["mse", "mae", "cosine_similarity", keras.losses.Huber()])
@@ -180,7 +180,7 @@ def test_feature_losses_on_equal_shapes_equal_keras(loss):
     t, s = RNG.normal(size=(5, 7)).astype("float32"), RNG.normal(size=(5, 7)).astype("float32")
     ours = FeatureDistillation(loss)
     got = values(ours, t, s)
-    assert got.shape == (5,) and ours.regressor is None
+    assert got.shape == (5,) and ours.adapter is None
     theirs = keras_distillation.FeatureDistillation(loss).compute_loss(t, s)
     np.testing.assert_allclose(got.mean(), scalar(theirs), atol=1e-5)
     if loss == "mse":

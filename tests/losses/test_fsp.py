@@ -56,8 +56,8 @@ def test_adapters_for_thinner_students():
     assert loss.adapters[0] is not None and loss.adapters[1] is None
     s = np.ones((2, 6, 6, 2), "float32")
     assert keras.ops.convert_to_numpy(loss.adapters[0](s)).shape == (2, 6, 6, 8)
-    strict = FSPDistillation(("ta", "tb"), ("sa", "sb"), regressor=None)
-    with pytest.raises(ValueError, match="regressor=None"):
+    strict = FSPDistillation(("ta", "tb"), ("sa", "sb"), adapter=None)
+    with pytest.raises(ValueError, match="adapter=None"):
         strict.build([(None, 6, 6, 8), (None, 6, 6, 16)], [(None, 6, 6, 2), (None, 6, 6, 16)])
 
 
@@ -66,7 +66,7 @@ def test_errors_and_config():
         FSPDistillation("ta", ("sa", "sb"))
     with pytest.raises(ValueError, match="4-D"):
         FSPDistillation(("a", "b"), ("c", "d")).build([(None, 4), (None, 4)], [(None, 4)] * 2)
-    loss = FSPDistillation(("a", "b"), ("c", "d"), regressor=None)
+    loss = FSPDistillation(("a", "b"), ("c", "d"), adapter=None)
     clone = FSPDistillation.from_config(loss.get_config())
-    assert clone.teacher_layers == ("a", "b") and clone.regressor_arg is None
+    assert clone.teacher_layers == ("a", "b") and clone.adapter_arg is None
     assert loss.name.startswith("fsp_distillation")

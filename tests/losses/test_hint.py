@@ -1,4 +1,4 @@
-"""HintDistillation (FitNets): NumPy reference, regressor handling, Distiller integration."""
+"""HintDistillation (FitNets): NumPy reference, adapter handling, Distiller integration."""
 
 from __future__ import annotations
 
@@ -40,36 +40,36 @@ def test_hint_mse_matches_numpy():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(hint_mse(t, t)), 0.0, atol=1e-7)
 
 
-def test_class_applies_the_regressor_then_mse():
+def test_class_applies_the_adapter_then_mse():
     rng = np.random.default_rng(1)
     t = rng.normal(size=(3, 6, 6, 8)).astype("float32")
     s = rng.normal(size=(3, 12, 12, 4)).astype("float32")
     loss = HintDistillation("t", "s")
     loss.build([t.shape], [s.shape])
-    assert isinstance(loss.regressor, keras_kd.adapters.FeatureAdapter)
+    assert isinstance(loss.adapter, keras_kd.adapters.FeatureAdapter)
     got = keras.ops.convert_to_numpy(loss((t,), (s,)))
-    mapped = keras.ops.convert_to_numpy(loss.regressor(s))
+    mapped = keras.ops.convert_to_numpy(loss.adapter(s))
     assert mapped.shape == t.shape
     np.testing.assert_allclose(got, _np_hint(t, mapped), atol=1e-5)
 
 
-def test_auto_regressor_is_a_plain_conv_unless_batch_norm_is_asked():
-    # FitNets' regressor is a convolution without BatchNormalization (Romero et al. 2015).
+def test_auto_adapter_is_a_plain_conv_unless_batch_norm_is_asked():
+    # FitNets' adapter is a convolution without BatchNormalization (Romero et al. 2015).
     plain = HintDistillation("t", "s")
     plain.build([(None, 6, 6, 8)], [(None, 6, 6, 4)])
-    assert plain.regressor.norm is None and plain.regressor.conv.use_bias
+    assert plain.adapter.norm is None and plain.adapter.conv.use_bias
     with_bn = HintDistillation("t", "s", batch_norm=True)
     with_bn.build([(None, 6, 6, 8)], [(None, 6, 6, 4)])
-    assert isinstance(with_bn.regressor.norm, keras.layers.BatchNormalization)
+    assert isinstance(with_bn.adapter.norm, keras.layers.BatchNormalization)
     assert HintDistillation.from_config(with_bn.get_config()).batch_norm is True
 
 
-def test_identity_when_shapes_match_and_user_regressor():
+def test_identity_when_shapes_match_and_user_adapter():
     loss = HintDistillation("t", "s")
     loss.build([(None, 4)], [(None, 4)])
-    assert loss.regressor is None
+    assert loss.adapter is None
     dense = keras.layers.Dense(5, use_bias=False)
-    loss = HintDistillation("t", "s", regressor=dense)
+    loss = HintDistillation("t", "s", adapter=dense)
     loss.build([(None, 5)], [(None, 3)])
     s = np.ones((2, 3), "float32")
     t = np.zeros((2, 5), "float32")
@@ -82,28 +82,28 @@ def test_identity_when_shapes_match_and_user_regressor():
 def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="teacher_layer"):
         HintDistillation("", "s")
-    with pytest.raises(ValueError, match="regressor"):
-        HintDistillation("t", "s", regressor="conv")
-    loss = HintDistillation("t", "s", regressor=None)
-    with pytest.raises(ValueError, match="regressor=None"):
+    with pytest.raises(ValueError, match="adapter"):
+        HintDistillation("t", "s", adapter="conv")
+    loss = HintDistillation("t", "s", adapter=None)
+    with pytest.raises(ValueError, match="adapter=None"):
         loss.build([(None, 4, 4, 8)], [(None, 4, 4, 2)])
-    bad = HintDistillation("t", "s", regressor=keras.layers.Dense(7))
+    bad = HintDistillation("t", "s", adapter=keras.layers.Dense(7))
     with pytest.raises(ValueError, match="teacher feature has shape"):
         bad.build([(None, 5)], [(None, 3)])
 
 
-def test_regressor_trains_with_student_and_is_not_exported(tmp_path):
+def test_adapter_trains_with_student_and_is_not_exported(tmp_path):
     teacher, student = _nets()
     hint = HintDistillation("t_relu1", "s_relu1")
     distiller = keras_kd.Distiller(teacher, student, ["soft_target", hint])
-    regressor_vars = {id(v) for v in hint.regressor.trainable_variables}
-    assert regressor_vars and regressor_vars <= {id(v) for v in distiller.trainable_variables}
-    assert not regressor_vars & {id(v) for v in student.weights}
-    before = [keras.ops.convert_to_numpy(v).copy() for v in hint.regressor.weights]
+    adapter_vars = {id(v) for v in hint.adapter.trainable_variables}
+    assert adapter_vars and adapter_vars <= {id(v) for v in distiller.trainable_variables}
+    assert not adapter_vars & {id(v) for v in student.weights}
+    before = [keras.ops.convert_to_numpy(v).copy() for v in hint.adapter.weights]
     distiller.compile("adam", loss=_SCE)
     x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
     distiller.fit(x, np.arange(16) % 3, batch_size=8, epochs=1, verbose=0)
-    after = [keras.ops.convert_to_numpy(v) for v in hint.regressor.weights]
+    after = [keras.ops.convert_to_numpy(v) for v in hint.adapter.weights]
     # kernel, BN gamma/beta and (training mode) BN moving statistics all changed
     assert all(not np.allclose(a, b) for a, b in zip(before, after))
     student.save(tmp_path / "student.keras")
@@ -112,10 +112,10 @@ def test_regressor_trains_with_student_and_is_not_exported(tmp_path):
 
 
 def test_config_round_trip():
-    loss = HintDistillation("t", "s", regressor=keras.layers.Dense(3), student_pre_activation=True)
+    loss = HintDistillation("t", "s", adapter=keras.layers.Dense(3), student_pre_activation=True)
     clone = HintDistillation.from_config(loss.get_config())
     assert clone.teacher_layer == "t" and clone.student_layer == "s"
-    assert clone.student_pre_activation and isinstance(clone.regressor_arg, keras.layers.Dense)
+    assert clone.student_pre_activation and isinstance(clone.adapter_arg, keras.layers.Dense)
     assert keras.saving.get_registered_object("keras_kd>HintDistillation") is HintDistillation
     auto = HintDistillation.from_config(HintDistillation("a", "b").get_config())
-    assert auto.regressor_arg == "auto"
+    assert auto.adapter_arg == "auto"

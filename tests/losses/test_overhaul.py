@@ -1,4 +1,4 @@
-"""OverhaulDistillation (Heo et al. 2019): margin, margin-ReLU, partial L2 region, connector."""
+"""OverhaulDistillation (Heo et al. 2019): margin, margin-ReLU, partial L2 region, adapter."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _teacher():
     return keras.Model(x, keras.layers.Dense(2)(h))
 
 
-def test_margin_read_from_the_teacher_bn_and_connector_built():
+def test_margin_read_from_the_teacher_bn_and_adapter_built():
     teacher = _teacher()
     bn = teacher.get_layer("bn")
     bn.gamma.assign([1.0, 2.0, 0.5])
@@ -95,16 +95,16 @@ def test_margin_read_from_the_teacher_bn_and_connector_built():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loss.margin),
                                batch_norm_margin([1.0, 2.0, 0.5], [0.3, -1.0, 0.0]), atol=1e-7)
     loss.build([(None, 6, 6, 3)], [(None, 6, 6, 3)])
-    assert loss.connector is not None  # built even for equal shapes
+    assert loss.adapter is not None  # built even for equal shapes
     rng = np.random.default_rng(1)
     t = rng.normal(size=(2, 6, 6, 3)).astype("float32")
     s = rng.normal(size=(2, 6, 6, 3)).astype("float32")
-    mapped = keras.ops.convert_to_numpy(loss.connector(s))
+    mapped = keras.ops.convert_to_numpy(loss.adapter(s))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loss((t,), (s,))),
                                _np_partial_l2(t, mapped, keras.ops.convert_to_numpy(loss.margin)),
                                rtol=1e-5, atol=1e-4)
-    assert loss.teacher_features()[0].pre_activation
-    assert loss.student_features()[0].pre_activation
+    assert loss.teacher_taps()[0].pre_activation
+    assert loss.student_taps()[0].pre_activation
 
 
 def test_errors_and_config():

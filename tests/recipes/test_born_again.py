@@ -118,5 +118,24 @@ def test_arguments_are_checked():
     gen0 = make_student()
     with pytest.raises(ValueError, match="generations must be a positive integer"):
         born_again(make_student, gen0, 0, _data())
+    with pytest.raises(TypeError, match="generations must be a positive integer"):
+        born_again(make_student, gen0, 2.0, _data())
     with pytest.raises(ValueError, match="must build a new model on every call"):
         born_again(lambda: gen0, gen0, 1, _data())
+
+
+def test_every_generation_s_settings_are_checked_before_the_first_trains(tmp_path):
+    gen0 = make_student()
+    log = []
+    callbacks = [[RecordTeacher(log)], [RecordTeacher(log)]]
+    with pytest.raises(ValueError, match=r"distiller_kwargs\[1\]\['student_loss_weight'\]"):
+        born_again(make_student, gen0, 2, _data(), callbacks=callbacks,
+                   distiller_kwargs=[{}, {"student_loss_weight": -0.1}],
+                   work_dir=tmp_path / "work")
+    with pytest.raises(ValueError, match="fit_kwargs has an unknown key 'epoch'"):
+        born_again(make_student, gen0, 2, _data(), callbacks=callbacks, epoch=3)
+    with pytest.raises(TypeError, match="ensemble_previous must be True or False"):
+        born_again(make_student, gen0, 2, _data(), ensemble_previous="yes")
+    with pytest.raises(TypeError, match="dataset must be"):
+        born_again(make_student, gen0, 2, None)
+    assert log == [] and not (tmp_path / "work").exists()

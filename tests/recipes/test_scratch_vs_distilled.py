@@ -2,7 +2,8 @@
 
 With `student_loss_weight=1` the distilled run optimises exactly the scratch loss, so both
 students must end with the same weights: this proves they share initial weights, batches,
-batch order and budget.
+batch order and budget. A seeded run repeated in the same process gives the same weights bit
+for bit, and every argument is checked before anything is built, trained or written.
 """
 
 from pathlib import Path
@@ -125,3 +126,114 @@ def test_invalid_arguments(mnist_small):
             (test[0][:64], test[1][:64]),
             epochs=1,
         )
+
+
+def _subset(data, n):
+    return data[0][:n], data[1][:n]
+
+
+def _small_teacher():
+    return models.cnn((4, 8), dense_units=16, dropout=0.5, name="teacher")
+
+
+def _student_with_dropout():
+    return models.mlp((16,), dropout=0.2, name="student")
+
+
+def _weights(path):
+    return keras.models.load_model(path).get_weights()
+
+
+def test_seeded_runs_are_reproducible_bit_for_bit(tmp_path, mnist_small):
+    train, test = _subset(mnist_small[0], 1000), _subset(mnist_small[1], 300)
+    budget = dict(epochs=2, batch_size=64, teacher_epochs=1, seed=5)
+    first = scratch_vs_distilled(
+        _small_teacher, _student_with_dropout, train, test, num_seeds=2,
+        output_dir=tmp_path / "a", **budget,
+    )
+    keras.utils.set_random_seed(999)  # other global random state in between must not matter
+    np.random.default_rng(3).normal(size=100)
+    second = scratch_vs_distilled(
+        _small_teacher, _student_with_dropout, train, test, output_dir=tmp_path / "b", **budget
+    )
+    for name in ("teacher.keras", "student_scratch.keras", "student.keras"):
+        a, b = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
+        assert len(a) == len(b) > 0, name
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y), name
+    assert first.teacher.history == second.teacher.history
+    assert first.seed_runs[0].scratch.history == second.seed_runs[0].scratch.history
+    assert first.seed_runs[0].distilled.history == second.seed_runs[0].distilled.history
+
+    # The second seed is a different run (weights and batch order), measured but not saved.
+    assert first.seeds == [5, 6] and second.seeds == [5]
+    assert first.settings["num_seeds"] == 2 and first.settings["deterministic ops"] is True
+    assert first.seed_runs[1].scratch.history != first.seed_runs[0].scratch.history
+    assert first.seed_runs[1].scratch.path is None
+    assert first.seed_runs[1].distilled.file_size == first.distilled.file_size
+    assert first.error_reductions == [
+        run.scratch.test_errors - run.distilled.test_errors for run in first.seed_runs
+    ]
+
+
+def _unwritable(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    return tmp_path / "a_file" / "out"  # a directory cannot be made under a regular file
+
+
+BAD_ARGUMENTS = [
+    ({"temperature": -1.0}, ValueError, "temperature must be a finite real number > 0"),
+    ({"temperature": "4"}, TypeError, "temperature must be a finite real number > 0"),
+    ({"student_loss_weight": 1.5}, ValueError, r"student_loss_weight must be a real number in"),
+    ({"epochs": 0}, ValueError, "epochs must be a positive integer"),
+    ({"epochs": 2.0}, TypeError, "epochs must be a positive integer"),
+    ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
+    ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite real number > 0"),
+    ({"teacher_epochs": -1}, ValueError, "teacher_epochs must be a non-negative integer"),
+    ({"seed": -1}, ValueError, "seed must be a non-negative integer"),
+    ({"num_seeds": 0}, ValueError, "num_seeds must be a positive integer"),
+    ({"verbose": 3}, ValueError, "verbose must be one of"),
+    ({"deterministic": "yes"}, TypeError, "deterministic must be True or False"),
+    ({"teacher_augment": 3}, TypeError, "teacher_augment must be callable or None"),
+    ({"student_factory": "mlp"}, TypeError, "student_factory must be a no-argument callable"),
+    ({"teacher": "no_such_teacher.keras"}, ValueError, "which is not a file"),
+    ({"teacher": 3}, TypeError, "teacher must be a keras.Model, a no-argument callable"),
+    (
+        {"teacher": _small_teacher, "teacher_epochs": 0},
+        ValueError,
+        "teacher_epochs must be a positive integer when teacher is a factory",
+    ),
+    ({"test_data": "32x32"}, ValueError, "inputs of one shape"),
+    ({"output_dir": "unwritable"}, ValueError, "output_dir must be a directory where files can"),
+]
+
+
+@pytest.mark.parametrize(
+    "bad, error, match", BAD_ARGUMENTS, ids=[next(iter(b)) + "=" + repr(b[next(iter(b))])[:20]
+                                            for b, _, _ in BAD_ARGUMENTS]
+)
+def test_every_argument_is_checked_before_anything_runs(tmp_path, mnist_small, bad, error, match):
+    train, test = _subset(mnist_small[0], 64), _subset(mnist_small[1], 64)
+    built = []
+
+    def factory():
+        built.append(True)
+        return models.mlp((8,), name="student")
+
+    arguments = dict(
+        teacher=models.mlp((8,), name="teacher"),
+        student_factory=factory,
+        train_data=train,
+        test_data=test,
+        epochs=1,
+        output_dir=tmp_path / "out",
+    )
+    arguments.update(bad)
+    if bad.get("test_data") == "32x32":
+        arguments["test_data"] = (np.zeros((4, 32, 32, 3), np.float32), np.zeros(4, np.int64))
+    if bad.get("output_dir") == "unwritable":
+        arguments["output_dir"] = _unwritable(tmp_path)
+    with pytest.raises(error, match=match):
+        scratch_vs_distilled(**arguments)
+    assert built == []  # no model was built, so nothing was trained
+    assert not (tmp_path / "out").exists()  # and no folder was left behind

@@ -153,3 +153,59 @@ def test_work_dir_of_another_run_is_refused(tmp_path):
     teacher_assistant_chain(teacher, [], student, _data(), work_dir=tmp_path, verbose=0)
     with pytest.raises(ValueError, match="run of 1 steps, not a 'teacher_assistant_chain' run"):
         teacher_assistant_chain(teacher, assistants, student, _data(), work_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (
+            {"distiller_kwargs": [{}, {}, {"student_loss_weight": 1.5}]},
+            ValueError,
+            r"distiller_kwargs\[2\]\['student_loss_weight'\] must be a real number in \[0, 1\]",
+        ),
+        ({"distiller_kwargs": {"temprature": 4.0}}, ValueError, "unknown key 'temprature'"),
+        ({"distiller_kwargs": {"teacher": None}}, ValueError, "must not contain 'teacher'"),
+        (
+            {"distiller_kwargs": [{}, {"distillation_losses": "no_such_loss"}, {}]},
+            ValueError,
+            "Unknown distillation loss 'no_such_loss'",
+        ),
+        (
+            {"distiller_kwargs": {"distillation_loss_weights": [1.0, 0.5]}},
+            ValueError,
+            r"distillation_loss_weights'\] must be a sequence of 1 non-negative",
+        ),
+        (
+            {"compile_kwargs": [{}, {}, {"optimiser": "sgd"}]},
+            ValueError,
+            r"compile_kwargs\[2\] has an unknown key 'optimiser'",
+        ),
+        ({"verbos": 0}, ValueError, "fit_kwargs has an unknown key 'verbos'"),
+        ({"x": np.zeros((4, NUM_FEATURES))}, ValueError, "fit_kwargs must not contain 'x'"),
+        ({"dataset": None}, TypeError, "dataset must be"),
+    ],
+)
+def test_a_bad_setting_of_any_step_fails_before_the_first_step_trains(tmp_path, bad, error, match):
+    teacher, assistants, student = _models()
+    log = []
+    arguments = dict(
+        dataset=_data(),
+        callbacks=[[RecordTeacher(log)], [RecordTeacher(log)], [RecordTeacher(log)]],
+        work_dir=tmp_path / "work",
+        verbose=0,
+    )
+    arguments.update(bad)
+    dataset = arguments.pop("dataset")
+    with pytest.raises(error, match=match):
+        teacher_assistant_chain(teacher, assistants, student, dataset, **arguments)
+    assert log == []  # no step started
+    assert not (tmp_path / "work").exists()
+
+
+def test_unwritable_work_dir_is_refused_before_training(tmp_path):
+    teacher, assistants, student = _models()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="work_dir must be a directory where files can be"):
+        teacher_assistant_chain(
+            teacher, assistants, student, _data(), work_dir=tmp_path / "a_file" / "work"
+        )
