@@ -7,11 +7,12 @@ writes `teacher.keras`, `student.keras` (distilled), `student_scratch.keras`, `r
 With --num_seeds=3 the two students are trained with seeds 0, 1 and 2 and the report gives
 the mean ± std of their test errors and says whether the gain exceeds that spread.
 
-Defaults: a 1.63M-parameter convnet teacher (3 epochs, ~99.1% test accuracy, ~90 test
-errors) and a 784-256-10 MLP student (204k parameters, 20 epochs, T = 4, alpha = 0.1). The same
-student's test errors differ by 19-32 from one seed to another, which is why --num_seeds
-exists. A full default run (teacher included) takes about 5 minutes on 2 cores;
-each extra seed adds about 3 minutes. A run with the same flags gives the same weights.
+Defaults: a 1.63M-parameter convnet teacher (3 epochs; 96 test errors with seed 0) and a
+784-256-10 MLP student (204k parameters, 20 epochs, T = 4, alpha = 0.1). Measured with
+--num_seeds=3: the scratch student makes 180, 194 and 188 test errors, the distilled one 158,
+145 and 158, a gain of 33.7 ± 13.9 errors against a seed-to-seed std of at most 7.5. A full
+default run (teacher included) takes about 5 minutes on 2 cores; each extra seed adds 2-3
+minutes. A run with the same flags gives the same weights, bit for bit.
 
 Every flag is checked before anything is loaded or trained. Output: a heading per phase,
 Keras's per-epoch lines, a summary table and the path of every file written. TensorFlow's and

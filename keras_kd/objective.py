@@ -320,12 +320,15 @@ class StepResult:
             in `TrainingModel.prediction_names` (metrics are then logged as
             `<name>_<metric>`).
         gauges: values logged as they are at each step (e.g. learned loss weights); optional.
+        labels: labels for the compiled metrics when the batch has none of its own (e.g. the
+            teacher's classes of generated inputs); `None` uses the batch's labels.
     """
 
     loss: Any
     logs: Mapping[str, Any]
     predictions: Any
     gauges: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    labels: Any = None
 
 
 class TrainingModel(keras.Model):
@@ -426,18 +429,31 @@ class TrainingModel(keras.Model):
         """The variables the optimizer updates this step (default: all trainable ones)."""
         return self.trainable_variables
 
+    def optimizer_groups(self) -> list[tuple]:
+        """`(optimizer, variables)` pairs, each updated from the step's loss.
+
+        Default: the compiled optimizer on `step_variables()`. A model that trains two parts
+        with their own optimizers (DAFL's generator and student) returns two pairs; its loss
+        must then reach each part only through the terms meant for it (`stop_gradient`).
+        """
+        return [(self.optimizer, self.step_variables())]
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, signals = self.signals(x)
-        with tf.GradientTape() as tape:
+        groups = self.optimizer_groups()
+        with tf.GradientTape(persistent=len(groups) > 1) as tape:
             result = self.compute_step(x, y, sample_weight, signals, training=True)
             # Per-replica share of the global mean: the replicas' gradients are summed.
-            loss = self.optimizer.scale_loss(result.loss / num_replicas())
-        variables = self.step_variables()
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+            share = result.loss / num_replicas()
+            losses = [optimizer.scale_loss(share) for optimizer, _ in groups]
+        for (optimizer, variables), loss in zip(groups, losses):
+            if not optimizer.built:
+                optimizer.build(
+                    self.trainable_variables if optimizer is self.optimizer else variables)
+            gradients = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(gradients, variables))
+        del tape
         return self._record(x, y, sample_weight, result)
 
     def test_step(self, data):
@@ -483,6 +499,8 @@ class TrainingModel(keras.Model):
         gauges = {t.name: t for t in self.gauge_trackers}
         for name, value in result.gauges.items():
             gauges[name].update_state(value)
+        if result.labels is not None:
+            y = result.labels
         logs = self.compute_metrics(x, y, predictions, sample_weight=sample_weight)
         if is_multi_worker(tf.distribute.get_strategy()):
             logs = {name: ops.expand_dims(value, 0) for name, value in logs.items()}

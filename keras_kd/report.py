@@ -144,9 +144,9 @@ def format_report(result: ScratchVsDistilledResult, title: str = "Scratch vs. di
     return (
         f"# {title}\n\n"
         f"{format_table(result)}\n\n"
-        f"{verdict} (out of {result.num_test_examples} test examples{seed}). Both students start "
-        "from the same initial weights and train on the same batches for the same number of "
-        "epochs; only the loss differs.\n\n"
+        f"{verdict} (out of {result.num_test_examples:,} test examples{seed}). Both students "
+        "start from the same initial weights and train on the same batches for the same number "
+        "of epochs; only the loss differs.\n\n"
         f"{seeds}{spread_sentence(result)}\n\n"
         f"## Settings\n\n{settings}\n\n"
         "![test accuracy after each epoch](report.png)\n"

@@ -62,6 +62,7 @@ def _worker(argv) -> None:
     })
     import tensorflow as tf
 
+    tf.config.threading.set_intra_op_parallelism_threads(1)  # tiny models; fewer threads contend
     # The strategy must exist before TensorFlow runs any op (collectives are configured once).
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     import keras

@@ -86,7 +86,7 @@ def information_entropy_loss(teacher_logits):
 
 
 # ---------------------------------------------------------------------- the generator
-def dafl_generator(latent_dim: int = 100, image_shape=(32, 32, 1),
+def dafl_generator(latent_dim: int = 100, image_shape=(32, 32, 1), width: int = 128,
                    name: str = "dafl_generator") -> keras.Model:
     """The DAFL generator of the authors' code, as a functional Keras model.
 
@@ -98,6 +98,8 @@ def dafl_generator(latent_dim: int = 100, image_shape=(32, 32, 1),
     Args:
         latent_dim: size of the noise vector (100 on MNIST).
         image_shape: `(s, s, C)` with `s` divisible by 4 (`(32, 32, 1)` for LeNet-5 MNIST).
+        width: channels of the first two convolutions (128 in the authors' code; the third
+            has `width // 2`). Smaller widths are cheaper and depart from the paper.
         name: model name.
 
     Returns:
@@ -108,20 +110,21 @@ def dafl_generator(latent_dim: int = 100, image_shape=(32, 32, 1),
         >>> generator = dafl_generator(100, (32, 32, 1))
     """
     latent_dim = validation.positive_int("latent_dim", latent_dim)
+    width = validation.positive_int("width", width, hint="The authors' code uses 128.")
     if len(image_shape) != 3 or image_shape[0] % 4 or image_shape[1] % 4:
         raise ValueError(f"image_shape must be (height, width, channels) with height and width "
                          f"divisible by 4, got {image_shape!r}.")
     h, w, c = (int(d) for d in image_shape)
     z = keras.Input((latent_dim,), name="latent")
-    x = keras.layers.Dense(128 * (h // 4) * (w // 4), name="project")(z)
-    x = keras.layers.Reshape((h // 4, w // 4, 128))(x)
+    x = keras.layers.Dense(width * (h // 4) * (w // 4), name="project")(z)
+    x = keras.layers.Reshape((h // 4, w // 4, width))(x)
     x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn0")(x)
     x = keras.layers.UpSampling2D(2, name="up1")(x)
-    x = keras.layers.Conv2D(128, 3, padding="same", name="conv1")(x)
+    x = keras.layers.Conv2D(width, 3, padding="same", name="conv1")(x)
     x = keras.layers.BatchNormalization(momentum=0.9, epsilon=0.8, name="bn1")(x)
     x = keras.layers.LeakyReLU(0.2, name="lrelu1")(x)
     x = keras.layers.UpSampling2D(2, name="up2")(x)
-    x = keras.layers.Conv2D(64, 3, padding="same", name="conv2")(x)
+    x = keras.layers.Conv2D(max(1, width // 2), 3, padding="same", name="conv2")(x)
     x = keras.layers.BatchNormalization(momentum=0.9, epsilon=0.8, name="bn2")(x)
     x = keras.layers.LeakyReLU(0.2, name="lrelu2")(x)
     x = keras.layers.Conv2D(c, 3, padding="same", name="conv3")(x)

@@ -19,7 +19,7 @@ from keras_kd import validation
 from keras_kd.datafree.inversion import BatchStart, SyntheticSet, balanced_classes, invert
 from keras_kd.datafree.metadata import weights_sha256
 from keras_kd.features import FeatureExtractor
-from keras_kd.losses.base import LOGITS, Tap
+from keras_kd.losses.base import LOGITS
 
 
 # ---------------------------------------------------------------------- objectives
@@ -280,11 +280,16 @@ def deep_inversion(
     elif student is not None and not isinstance(student, keras.Model):
         raise TypeError(f"student must be a keras.Model or None, got {type(student)!r}.")
 
-    taps = (LOGITS,) + tuple(Tap(layer=bn.name, pre_activation=True) for bn in bn_layers)
-    features = FeatureExtractor(teacher, taps, "teacher")
+    info = FeatureExtractor(teacher, (LOGITS,), "teacher").info
+    if info.activation == "sigmoid":
+        raise ValueError(f"DeepInversion's cross-entropy needs a softmax classifier; the "
+                         f"teacher '{teacher.name}' ends in a sigmoid.")
+    # One call gives the output and the *input* of every BN layer (its batch statistics).
+    features = keras.Model(teacher.input, [teacher.outputs[0]] + [bn.input for bn in bn_layers],
+                           name=f"{teacher.name}_bn_inputs")
     student_features = (FeatureExtractor(student, (LOGITS,), "student")
                         if weights["competition_weight"] > 0 else None)
-    num_classes = int(features.shapes()[LOGITS][-1])
+    num_classes = int(teacher.outputs[0].shape[-1])
     multipliers = [weights["first_bn_multiplier"]] + [1.0] * (len(bn_layers) - 1)
     step_index = tf.Variable(0, dtype=tf.int64, trainable=False)
 
@@ -294,15 +299,17 @@ def deep_inversion(
         x_jit = tf.roll(x, shift=shift, axis=[1, 2])
         if flip:
             x_jit = tf.where(targets["flips"][i] > 0.5, tf.reverse(x_jit, axis=[2]), x_jit)
-        _, tensors = features(x_jit, training=False)
-        logits = ops.cast(tensors[LOGITS], "float32")
+        outputs = features(x_jit, training=False)
+        logits = ops.cast(outputs[0], "float32")
+        if info.activation == "softmax":  # log-probabilities: logits up to a shift
+            logits = ops.log(ops.maximum(logits, 1e-30))
         labels = ops.cast(targets["labels"], "int32")
         ce = ops.mean(keras.losses.sparse_categorical_crossentropy(
             labels, logits, from_logits=True))
         bn = 0.0
-        for m, bn_layer, tap in zip(multipliers, bn_layers, taps[1:]):
+        for m, bn_layer, bn_input in zip(multipliers, bn_layers, outputs[1:]):
             bn = bn + m * batch_norm_statistics_distance(
-                tensors[tap], bn_layer.moving_mean, bn_layer.moving_variance, _bn_axis(bn_layer))
+                bn_input, bn_layer.moving_mean, bn_layer.moving_variance, _bn_axis(bn_layer))
         terms = {"ce": ce, "bn": bn}
         loss = ce + weights["bn_weight"] * bn
         if weights["tv_l2_weight"] or weights["tv_l1_weight"]:

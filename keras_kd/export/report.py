@@ -272,7 +272,7 @@ def deployment_report(
         if not row["variant"].startswith("teacher"):
             row["delta"] = row["accuracy"] - float_accuracy
     text = (
-        f"# {title}\n\n{len(x_test)} test examples; LiteRT (`ai_edge_litert`) with "
+        f"# {title}\n\n{len(x_test):,} test examples; LiteRT (`ai_edge_litert`) with "
         f"{num_threads} thread(s); latency = median single-example `invoke()` time. "
         "Agreement and logit difference are against the float Keras student.\n\n"
         + markdown_table(rows) + "\n\nSizes are in KiB (1 KiB = 1024 bytes).\n"

@@ -98,8 +98,10 @@ class TopKSoftTargetDistillation(DistillationLoss):
     logits inside the step, which gives the same values.
 
     Args:
-        top_k: how many teacher classes are kept, `1 <= top_k < classes`.
-        temperature: softening temperature `T > 0`.
+        top_k: how many teacher classes are kept, `1 <= top_k < classes` (no default: it
+            sets the size of the cache and the error of the loss, see BENCHMARKS.md).
+        temperature: softening temperature `T > 0`, fixed (the cache stores the rest mass at
+            it).
 
     Returns (when called):
         `(batch,)` values (per position for `(batch, ..., classes)` outputs):
@@ -123,7 +125,7 @@ class TopKSoftTargetDistillation(DistillationLoss):
         `T^2 * KL([p_K, r] || [q_K, q_rest])`.
     """
 
-    def __init__(self, top_k: int = 20, temperature: float = 4.0, name: str | None = None,
+    def __init__(self, top_k: int, temperature: float = 4.0, name: str | None = None,
                  **kwargs):
         super().__init__(name=name, **kwargs)
         self.top_k = validation.positive_int(

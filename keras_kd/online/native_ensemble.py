@@ -246,13 +246,12 @@ class NativeEnsemble(TrainingModel):
         return self(x, training=False)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            **kwargs):
+            *args, **kwargs):
         """`keras.Model.fit`, with a `RampUp(self.rampup_epochs)` unless `callbacks` has one."""
         callbacks = list(callbacks or [])
         if not any(isinstance(c, RampUp) for c in callbacks):
             callbacks.append(RampUp(self.rampup_epochs))
-        return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
-                           callbacks=callbacks, **kwargs)
+        return super().fit(x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs)
 
     # ------------------------------------------------------------------ deployment
     def _fresh_inputs(self):

@@ -4,6 +4,7 @@ from keras_kd.teachers import concentration, pseudo_labels, transform_ensemble  
 from keras_kd.teachers.cached import cache_teacher_logits, cache_teacher_outputs
 from keras_kd.teachers.ensemble import Ensemble, cache_ensemble_logits
 from keras_kd.teachers.specialists import Specialists
+from keras_kd.teachers.streamed import read_teacher_outputs, stream_teacher_outputs
 
 __all__ = [
     "Ensemble",
@@ -11,4 +12,6 @@ __all__ = [
     "cache_ensemble_logits",
     "cache_teacher_logits",
     "cache_teacher_outputs",
+    "read_teacher_outputs",
+    "stream_teacher_outputs",
 ]

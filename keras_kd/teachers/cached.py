@@ -178,7 +178,7 @@ def cache_teacher_outputs(
     batches back (`.unbatch()` it to shuffle). The `Distiller` then skips its teacher call, the
     one irreducible extra cost of distillation.
 
-    Everything is held in memory (inputs and outputs: about 5x the input size at the peak).
+    Everything is held in memory (inputs and outputs: about 4x the input size at the peak).
     For data larger than memory use `keras_kd.teachers.stream_teacher_outputs`, which writes
     the outputs to disk and reads them back beside your own input pipeline.
 

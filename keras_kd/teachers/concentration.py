@@ -326,13 +326,14 @@ class ConcentrationDistillation(DistillationLoss):
 
 
 def _paces(pace, count: int) -> list[float]:
-    values = list(pace) if isinstance(pace, (list, tuple, np.ndarray)) else [pace] * count
+    many = isinstance(pace, (list, tuple, np.ndarray))
+    values = list(pace) if many else [pace] * count
     if len(values) != count:
         raise ValueError(f"pace must be one number or one per vertical ({count}), got "
                          f"{len(values)} values.")
     out = []
     for i, v in enumerate(values):
-        v = validation.unit_interval(f"pace[{i}]" if len(values) > 1 else "pace", v,
+        v = validation.unit_interval(f"pace[{i}]" if many else "pace", v,
                                      hint="It is the share of each teacher's examples learnt.")
         if v == 0.0:
             raise ValueError("pace must be > 0 (0 would learn from no example); e.g. 0.5.")

@@ -6,8 +6,8 @@ student on the labelled and the pseudo-labelled data together. The paper picks i
 threshold so that the pseudo-labelled data has the labelled data's label statistics (there:
 the average number of objects per image). A classification label set has one label per image,
 so its statistic is the class distribution: `matched_thresholds` picks one confidence
-threshold per class so that the kept pseudo-labels have the labelled set's class proportions,
-keeping as many examples as possible.
+threshold per class so that no class of the kept pseudo-labels exceeds its share in the
+labelled set.
 
 `data_distillation_set` builds the one dataset `Distiller.fit` trains on: labelled examples
 with their labels and unlabelled examples with their pseudo-labels, each with the teacher's
@@ -83,14 +83,17 @@ def pseudo_labels(probabilities, threshold):
 
 def matched_thresholds(probabilities, labelled_labels, num_classes: int | None = None,
                        min_threshold: float = 0.0) -> np.ndarray:
-    """Per-class thresholds giving the pseudo-labels the labelled set's class proportions.
+    """Per-class thresholds that bring the pseudo-labels to the labelled set's class shares.
 
-    With `pi_c` the share of class `c` among `labelled_labels` and `n_c` the unlabelled
-    examples whose arg-max is `c` with confidence `>= min_threshold`, the largest set with
-    exactly those proportions has `N = min_{c: pi_c > 0} floor(n_c / pi_c)` examples, of which
-    `k_c = floor(pi_c * N)` of class `c`: the `k_c` most confident ones. `tau_c` is the
-    confidence of the `k_c`-th (all ties at it are kept); a class absent from the labelled set
-    gets `+inf` (none kept).
+    With `pi_c` the share of class `c` among `labelled_labels`, `n_c` the unlabelled examples
+    whose arg-max is `c` with confidence `>= min_threshold`, and `n = sum_c n_c`, class `c`
+    keeps its `k_c = min(n_c, floor(pi_c * n))` most confident examples: no class exceeds its
+    labelled share of the candidates, so a class the teacher over-predicts is cut back to its
+    share (its least confident pseudo-labels dropped), and a class predicted less often than
+    its share keeps all its candidates (exact proportions would discard most of the data for
+    the sake of the rarest class). `tau_c` is the confidence of the `k_c`-th (ties at it are
+    kept); a class with nothing to keep (absent from the labelled set, or never predicted)
+    gets `+inf`.
 
     Args:
         probabilities: `(n, classes)` probabilities on the unlabelled data.
@@ -110,8 +113,9 @@ def matched_thresholds(probabilities, labelled_labels, num_classes: int | None =
         >>> labels, keep = pseudo_labels(probs_unlabelled, tau)
 
     Reference:
-        Radosavovic et al. 2018, sec. 4: the threshold makes the pseudo-labelled data's label
-        statistics match the labelled data's. Here per class: `#kept_c / #kept = pi_c`.
+        Radosavovic et al. 2018, sec. 4: the score threshold makes the pseudo-labelled data's
+        label statistics match the labelled data's (there, objects per image; for
+        classification, the class shares). `k_c = min(n_c, floor(pi_c * n))`.
     """
     p = np.asarray(probabilities, np.float64)
     if p.ndim != 2:
@@ -127,17 +131,14 @@ def matched_thresholds(probabilities, labelled_labels, num_classes: int | None =
     share = np.bincount(y, minlength=classes) / y.size
     labels = np.argmax(p, axis=1)
     confidence = p[np.arange(len(p)), labels]
-    sorted_conf = []
-    for c in range(classes):
-        mine = confidence[(labels == c) & (confidence >= floor)]
-        sorted_conf.append(np.sort(mine)[::-1])
-    present = [c for c in range(classes) if share[c] > 0]
-    total = min(math.floor(len(sorted_conf[c]) / share[c] + 1e-9) for c in present)
+    candidates = [np.sort(confidence[(labels == c) & (confidence >= floor)])[::-1]
+                  for c in range(classes)]
+    total = sum(len(c) for c in candidates)
     tau = np.full((classes,), np.inf)
-    for c in present:
-        k = math.floor(share[c] * total + 1e-9)
+    for c in range(classes):
+        k = min(len(candidates[c]), math.floor(share[c] * total + 1e-9))
         if k > 0:
-            tau[c] = sorted_conf[c][k - 1]
+            tau[c] = candidates[c][k - 1]
     return tau
 
 
@@ -216,7 +217,7 @@ def data_distillation_set(
         >>> distiller = keras_kd.Distiller(None, student, keras_kd.SoftTargetDistillation(1.0),
         ...                                student_loss_weight=0.5)
         >>> distiller.compile("adam", loss=keras.losses.SparseCategoricalCrossentropy(
-        ...     from_logits=True), metrics=["accuracy"])
+        ...     from_logits=True), weighted_metrics=["accuracy"])  # on the labelled ones
         >>> distiller.fit(dd.dataset.shuffle(60000).batch(128), epochs=10)
 
     Reference:

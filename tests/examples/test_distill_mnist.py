@@ -9,7 +9,9 @@ from pathlib import Path
 
 import keras
 import pytest
-from absl import flags
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import flags, logging
 from absl.testing import flagsaver
 
 from keras_kd import report
@@ -28,7 +30,13 @@ def example():
     spec.loader.exec_module(module)  # defines the flags once per session
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(["distill_mnist"])
+    # main() quiets absl, TensorFlow's Python logger and TFDS's progress bars process-wide, as a
+    # script should; put them back for the other tests of this process.
+    absl_level, tf_level = logging.get_verbosity(), tf.get_logger().level
     yield module
+    logging.set_verbosity(absl_level)
+    tf.get_logger().setLevel(tf_level)
+    tfds.enable_progress_bar()
     sys.path.remove(str(EXAMPLES))
 
 

@@ -162,20 +162,39 @@ def test_cache_argument_errors():
 
 
 @pytest.mark.parametrize("form", ["unbatched", "batched", "batched_drop_remainder"])
-def test_cache_accepts_batched_and_unbatched_datasets(form):
+def test_cache_gives_batched_data_back_batched_and_unbatched_unbatched(form):
+    # Batched in -> the same batches out (before issue #10 a batched dataset came back
+    # unbatched, so `cached.batch(128)` silently trained on batches of batches' rows).
     teacher, _ = mlp(16, "teacher")
     x, y = data(6)
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    sizes = [1] * BATCH
     if form == "batched":
-        dataset = dataset.batch(3)
+        dataset, sizes = dataset.batch(3), [3, 3, 2]
     elif form == "batched_drop_remainder":  # static batch size in the element spec
-        dataset = dataset.batch(4, drop_remainder=True)
+        dataset, sizes = dataset.batch(4, drop_remainder=True), [4, 4]
     cached = keras_kd.cache_teacher_logits(teacher, dataset)
-    features, labels = next(iter(cached.batch(2 * BATCH)))
-    np.testing.assert_array_equal(features[CACHE_INPUTS_KEY].numpy(), x)
-    np.testing.assert_array_equal(labels.numpy(), y)
-    np.testing.assert_allclose(features[CACHE_OUTPUTS_KEY]["logits"].numpy(), to_np(teacher(x)),
-                               atol=1e-6)
+    spec = cached.element_spec[0][CACHE_INPUTS_KEY]
+    assert tuple(spec.shape) == tuple(dataset.element_spec[0].shape)
+    got = list(cached)
+    assert [np.size(labels) for _, labels in got] == sizes
+
+    def stacked(part, width):
+        return np.concatenate([np.reshape(part(e).numpy(), (-1, *width)) for e in got])
+
+    np.testing.assert_array_equal(stacked(lambda e: e[0][CACHE_INPUTS_KEY], (N_IN,)), x)
+    np.testing.assert_array_equal(stacked(lambda e: e[1], ()), y)
+    logits = stacked(lambda e: e[0][CACHE_OUTPUTS_KEY]["logits"], (N_CLASSES,))
+    np.testing.assert_allclose(logits, to_np(teacher(x)), atol=1e-6)
+
+
+def test_cache_refuses_batches_of_several_sizes():
+    teacher, _ = mlp(16, "teacher")
+    x, y = data(6)
+    uneven = tf.data.Dataset.from_tensor_slices((x, y)).batch(3).concatenate(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(5))  # 3, 3, 2, 5, 3
+    with pytest.raises(ValueError, match=r"batches of sizes \[3, 3, 2, 5, 3\].*stream_teacher"):
+        keras_kd.cache_teacher_logits(teacher, uneven)
 
 
 def test_teacher_none_with_feature_losses_raises_before_training():
