@@ -153,7 +153,7 @@ def writable_dir(name: str, value: str) -> None:
     needed), leaving nothing behind: the folders made for the trial are removed again, so
     that a run stopped by another bad flag leaves no empty folder; the script creates them
     when it writes."""
-    from keras_kd.recipes._steps import writable_dir as make_writable_dir
+    from keras_kd.validation import writable_dir as make_writable_dir
 
     path = Path(value).absolute()
     missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first

@@ -24,7 +24,12 @@ from keras_kd import (
 )
 from keras_kd.distiller import Distiller
 from keras_kd.losses import LogitMatchingDistillation, SoftTargetDistillation
-from keras_kd.teachers import cache_teacher_logits, cache_teacher_outputs
+from keras_kd.teachers import (
+    cache_teacher_logits,
+    cache_teacher_outputs,
+    read_teacher_outputs,
+    stream_teacher_outputs,
+)
 from keras_kd.weighting import FixedWeighting, PathWeighting, UncertaintyWeighting
 
 __all__ = [
@@ -38,6 +43,8 @@ __all__ = [
     "adapters",
     "cache_teacher_logits",
     "cache_teacher_outputs",
+    "read_teacher_outputs",
+    "stream_teacher_outputs",
     "callbacks",
     "datafree",
     "datasets",

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -206,3 +209,25 @@ __all__ = [
     "unit_interval",
     "weights",
 ]
+
+
+def writable_dir(name: str, path: str | os.PathLike) -> Path:
+    """Creates directory `path` if needed and checks that a file can be written in it.
+
+    Raises:
+        TypeError: if `path` is not a string or path-like.
+        ValueError: if the directory cannot be created or written to (the message says why).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a directory path, got {path!r}.")
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"{name} must be a directory where files can be written, got {os.fspath(path)!r}. "
+            f"{error.strerror or error}."
+        ) from error
+    return out

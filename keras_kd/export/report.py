@@ -20,7 +20,7 @@ from keras_kd.export.optimize import (
     teacher_logits_of,
 )
 from keras_kd.export.tflite import to_tflite
-from keras_kd.recipes._steps import writable_dir
+from keras_kd.validation import writable_dir
 
 _COLUMNS = (
     ("variant", "variant"),

@@ -12,15 +12,14 @@ import dataclasses
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import keras
 
 from keras_kd import losses as kd_losses
 from keras_kd import validation
 from keras_kd.distiller import Distiller
+from keras_kd.validation import writable_dir  # noqa: F401 - used below and re-exported
 
 MANIFEST = "manifest.json"
 
@@ -83,28 +82,6 @@ def per_step_callbacks(callbacks, num_steps: int) -> list[list]:
         f"callbacks must be None or a list of {num_steps} lists of keras callbacks, one per "
         f"step (use [] for a step without callbacks), got {callbacks!r}."
     )
-
-
-def writable_dir(name: str, path: str | os.PathLike) -> Path:
-    """Creates directory `path` if needed and checks that a file can be written in it.
-
-    Raises:
-        TypeError: if `path` is not a string or path-like.
-        ValueError: if the directory cannot be created or written to (the message says why).
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a directory path, got {path!r}.")
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        raise ValueError(
-            f"{name} must be a directory where files can be written, got {os.fspath(path)!r}. "
-            f"{error.strerror or error}."
-        ) from error
-    return out
 
 
 def _parameter_names(function, exclude: Sequence[str]) -> list[str]:

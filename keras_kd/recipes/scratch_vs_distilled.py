@@ -28,8 +28,8 @@ import tensorflow as tf
 from keras_kd import validation
 from keras_kd.distiller import Distiller
 from keras_kd.losses.soft_target import SoftTargetDistillation
-from keras_kd.recipes._steps import writable_dir
 from keras_kd.teachers.cached import cache_teacher_logits
+from keras_kd.validation import writable_dir
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
