@@ -55,7 +55,6 @@ def main(argv):
     rng = np.random.default_rng(0)
     x = rng.random((n, 28, 28, 1), np.float32)
     y = rng.integers(0, 10, n).astype(np.int64)
-    teacher_logits = rng.normal(size=(n, 10)).astype(np.float32) * 3
 
     student = _student()
     student.compile(keras.optimizers.SGD(0.01), loss=_sce())
@@ -63,11 +62,12 @@ def main(argv):
 
     distiller = keras_kd.Distiller(None, _student(), keras_kd.losses.SoftTargetDistillation(4.0))
     distiller.compile(keras.optimizers.SGD(0.01), loss=_sce())
-    cached = tf.data.Dataset.from_tensor_slices((
-        {keras_kd.teachers.cached.CACHE_INPUTS_KEY: x,
-         keras_kd.teachers.cached.CACHE_OUTPUTS_KEY: {"logits": teacher_logits}},
-        y,
-    )).batch(_BATCH.value).cache()
+    # Teacher logits cached with the library (works with every version of the cache format).
+    teacher = _student()
+    cached = keras_kd.cache_teacher_logits(teacher, x, y, batch_size=1024)
+    if cached.element_spec[1].shape.rank == 0:  # unbatched elements: batch them
+        cached = cached.batch(_BATCH.value)
+    cached = cached.cache()
 
     runs = {
         "student": lambda: student.fit(plain, epochs=1, verbose=0),

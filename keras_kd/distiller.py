@@ -735,8 +735,14 @@ class Distiller(TrainingModel):
             weighted_mean(self._path_values(loss, teacher, student, y, training), path_weight)
             for loss in self.distillation_losses
         ]
-        path_vector = ops.stack(paths)
-        distillation = self.path_weighting(path_vector)
+        path_vector = ops.stack(paths) if len(paths) > 1 else None
+        if path_vector is None and isinstance(self.path_weighting, FixedWeighting):
+            # One path: its weight times its value (no stack, no sum).
+            distillation = self.path_weighting.weights_variable[0] * paths[0]
+            path_vector = ops.expand_dims(paths[0], 0) if any(self._applied_focus or ()) else None
+        else:
+            path_vector = ops.stack(paths) if path_vector is None else path_vector
+            distillation = self.path_weighting(path_vector)
         if self._applied_focus is not None and any(self._applied_focus):
             total = ops.sum(self.path_focus * path_vector)
         else:

@@ -417,6 +417,21 @@ class TrainingModel(keras.Model):
             metrics.append(self._compile_metrics)
         return metrics
 
+    def get_metrics_result(self):
+        """Keras's `get_metrics_result`, with every logged mean from one division."""
+        means = ops.unstack(self.step_means.means(), num=len(self._logged_keys_order))
+        results = dict(zip(self._logged_keys_order, means))
+        views = {id(view) for view in self._step_views}
+        for metric in self.metrics:
+            if metric is self.step_means or id(metric) in views:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
+
     # ------------------------------------------------------------------ the step
     def signals(self, x):
         """Runs what stays outside the gradient tape; returns `(model inputs, signals)`."""
@@ -445,12 +460,12 @@ class TrainingModel(keras.Model):
         with tf.GradientTape(persistent=len(groups) > 1) as tape:
             result = self.compute_step(x, y, sample_weight, signals, training=True)
             # Per-replica share of the global mean: the replicas' gradients are summed.
-            share = result.loss / num_replicas()
+            replicas = num_replicas()
+            share = result.loss / replicas if replicas > 1 else result.loss
             losses = [optimizer.scale_loss(share) for optimizer, _ in groups]
         for (optimizer, variables), loss in zip(groups, losses):
-            if not optimizer.built:
-                optimizer.build(
-                    self.trainable_variables if optimizer is self.optimizer else variables)
+            if not optimizer.built:  # one group: for every variable, so stages may switch
+                optimizer.build(self.trainable_variables if len(groups) == 1 else variables)
             gradients = tape.gradient(loss, variables)
             optimizer.apply_gradients(zip(gradients, variables))
         del tape

@@ -22,7 +22,7 @@ from keras_kd import validation
 from keras_kd.features import FeatureExtractor
 from keras_kd.losses.base import LOGITS, Tap
 from keras_kd.losses.functional import soft_target_kl
-from keras_kd.objective import StepResult, TrainingModel, num_replicas, weighted_mean
+from keras_kd.objective import StepResult, TrainingModel, weighted_mean
 
 _LN10 = math.log(10.0)
 
@@ -393,7 +393,9 @@ class DAFL(TrainingModel):
     def compute_step(self, x, y, sample_weight, signals, training: bool) -> StepResult:
         """Training: `x` is latent noise. Evaluation: `x`, `y` are real examples."""
         if training:
-            return self._generated_step(x, True)[0]
+            result, teacher_classes = self._generated_step(x, True)
+            result.labels = teacher_classes  # metrics of generated batches: the teacher's class
+            return result
         batch = ops.shape(x)[0]
         z = keras.random.normal((batch, self.latent_dim), seed=self._seed_generator)
         result, _ = self._generated_step(z, False)
@@ -403,29 +405,18 @@ class DAFL(TrainingModel):
             logs["student_loss"] = weighted_mean(self.label_loss(y, s_logits), sample_weight)
         return StepResult(result.loss, logs, s_logits)
 
-    def train_step(self, data):
-        """Both updates from one generated batch (the teacher untouched)."""
-        z, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    def optimizer_groups(self) -> list[tuple]:
+        """Both updates from one generated batch: the generator's optimizer on the generator
+        (its loss terms only: the student sees the images under `stop_gradient`), the compiled
+        optimizer on the student (the KD term only: the teacher's logits are stopped). The
+        teacher is in neither group."""
         if self.generator_optimizer is None:
             raise ValueError("Call compile(...) before fit: DAFL needs the student's and the "
                              "generator's optimizers.")
-        generator_vars = self._not_teacher(self.generator.trainable_variables)
-        student_vars = self._not_teacher(self.student.trainable_variables)
-        with tf.GradientTape(persistent=True) as tape:
-            result, teacher_classes = self._generated_step(z, training=True)
-            share = result.loss / num_replicas()
-            generator_loss = self.generator_optimizer.scale_loss(share)
-            student_loss = self.optimizer.scale_loss(share)
-        for optimizer, variables in ((self.generator_optimizer, generator_vars),
-                                     (self.optimizer, student_vars)):
-            if not optimizer.built:
-                optimizer.build(variables)
-        g_grads = tape.gradient(generator_loss, generator_vars)
-        s_grads = tape.gradient(student_loss, student_vars)
-        del tape
-        self.generator_optimizer.apply_gradients(zip(g_grads, generator_vars))
-        self.optimizer.apply_gradients(zip(s_grads, student_vars))
-        return self._record(z, teacher_classes, None, result)
+        return [
+            (self.generator_optimizer, self._not_teacher(self.generator.trainable_variables)),
+            (self.optimizer, self._not_teacher(self.student.trainable_variables)),
+        ]
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
