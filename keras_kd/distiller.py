@@ -446,29 +446,10 @@ class Distiller(TrainingModel):
         """The teacher tensors the losses need (cached outputs are keyed by `tap.key`)."""
         return self._teacher_taps
 
-    def _not_teacher(self, variables) -> list:
-        teacher_ids = {id(v) for v in self.teacher.weights} if self.teacher else set()
-        return [v for v in variables if id(v) not in teacher_ids]
-
-    @property
-    def trainable_weights(self):
-        """The student's, the losses' adapters' and learned weightings' variables: never the
-        teacher's, whatever its `trainable` flag (the user's teacher object is not changed)."""
-        return self._not_teacher(super().trainable_weights)
-
-    @property
-    def trainable_variables(self):
-        return self._not_teacher(super().trainable_variables)
-
-    @property
-    def non_trainable_weights(self):
-        trainable = {id(v) for v in self.trainable_weights}
-        return [v for v in self.weights if id(v) not in trainable]
-
-    @property
-    def non_trainable_variables(self):
-        trainable = {id(v) for v in self.trainable_variables}
-        return [v for v in self.variables if id(v) not in trainable]
+    def frozen_models(self) -> list:
+        """The teacher: never in `trainable_variables`, whatever its `trainable` flag (the
+        user's teacher object is not changed)."""
+        return [self.teacher]
 
     # ------------------------------------------------------------------ compile
     def check_compile(self, label_loss: LabelLoss | None) -> None:

@@ -360,6 +360,36 @@ class TrainingModel(keras.Model):
         self._label_loss_config = None
         self._metrics_config = None
 
+    # ------------------------------------------------------------------ frozen models
+    def frozen_models(self) -> list:
+        """Models this model uses but never trains (a teacher). Their variables are left out of
+        `trainable_variables` whatever their `trainable` flag, so the user's objects are never
+        changed. Default: none."""
+        return []
+
+    def _not_frozen(self, variables) -> list:
+        frozen = {id(v) for model in self.frozen_models() if model is not None
+                  for v in model.weights}
+        return [v for v in variables if id(v) not in frozen] if frozen else list(variables)
+
+    @property
+    def trainable_weights(self):
+        return self._not_frozen(super().trainable_weights)
+
+    @property
+    def trainable_variables(self):
+        return self._not_frozen(super().trainable_variables)
+
+    @property
+    def non_trainable_weights(self):
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    @property
+    def non_trainable_variables(self):
+        trainable = {id(v) for v in self.trainable_variables}
+        return [v for v in self.variables if id(v) not in trainable]
+
     # ------------------------------------------------------------------ compile / metrics
     def compile(self, optimizer="adam", loss=None, metrics=None,
                 jit_compile: bool | str = False, **kwargs):

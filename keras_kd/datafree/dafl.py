@@ -304,28 +304,9 @@ class DAFL(TrainingModel):
         self.built = True
 
     # ------------------------------------------------------------------ variables
-    def _not_teacher(self, variables) -> list:
-        teacher_ids = {id(v) for v in self.teacher.weights}
-        return [v for v in variables if id(v) not in teacher_ids]
-
-    @property
-    def trainable_weights(self):
-        """The generator's and the student's variables, never the teacher's."""
-        return self._not_teacher(super().trainable_weights)
-
-    @property
-    def trainable_variables(self):
-        return self._not_teacher(super().trainable_variables)
-
-    @property
-    def non_trainable_weights(self):
-        trainable = {id(v) for v in self.trainable_weights}
-        return [v for v in self.weights if id(v) not in trainable]
-
-    @property
-    def non_trainable_variables(self):
-        trainable = {id(v) for v in self.trainable_variables}
-        return [v for v in self.variables if id(v) not in trainable]
+    def frozen_models(self) -> list:
+        """The teacher: the generator and the student train, the teacher never does."""
+        return [self.teacher]
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="adam", generator_optimizer="adam", loss=None, metrics=None,
@@ -414,8 +395,8 @@ class DAFL(TrainingModel):
             raise ValueError("Call compile(...) before fit: DAFL needs the student's and the "
                              "generator's optimizers.")
         return [
-            (self.generator_optimizer, self._not_teacher(self.generator.trainable_variables)),
-            (self.optimizer, self._not_teacher(self.student.trainable_variables)),
+            (self.generator_optimizer, self._not_frozen(self.generator.trainable_variables)),
+            (self.optimizer, self._not_frozen(self.student.trainable_variables)),
         ]
 
     def predict_step(self, data):
