@@ -41,9 +41,9 @@ File format (`ActivationMetadata.save`, NumPy `.npz`, float32 arrays):
 - per block `i`: `b{i}_mean` `(C, n)`, and `b{i}_cov` `(C, n, n)` (top layer) or `b{i}_std`
   `(C, n)`; for spectral blocks `b{i}_basis` `(nodes, n)`, the eigenvectors `U`.
 
-Sizes for the 784-1200-1200-10 MNIST teacher (C = 10): top layer 5 KB, all layers 195 KB,
-spectral all layers 2.3 MB, spectral layer pairs 2.9 MB (mostly the eigenvectors), against
-47 MB for the 60,000 training images.
+File sizes measured for the 784-1200-1200-10 MNIST teacher (C = 10, fraction 0.1): top layer
+6,784 bytes, all layers 196,920, spectral all layers 2,345,412, spectral layer pairs 2,922,514
+(mostly the eigenvectors), against 47 MB for the 60,000 training images.
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ class ActivationMetadata:
 
     Example:
         >>> meta = ActivationMetadata.record(teacher, x_train, y_train, kind="all_layers")
-        >>> meta.save("teacher.meta.npz")   # ~200 KB for the 1200-1200 MNIST teacher
+        >>> meta.save("teacher.meta.npz")   # 197 KB for the 1200-1200 MNIST teacher
         >>> meta = ActivationMetadata.load("teacher.meta.npz")
         >>> transfer = keras_kd.datafree.reconstruct(teacher, meta, num_samples=10000)
 
