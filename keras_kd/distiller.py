@@ -13,7 +13,13 @@ from keras import ops
 
 from keras_kd import losses as kd_losses
 from keras_kd import validation
-from keras_kd.features import FeatureExtractor, OutputInfo
+from keras_kd.features import (
+    FeatureExtractor,
+    OutputInfo,
+    shared_variables,
+    static_input_shape,
+    static_output_shape,
+)
 from keras_kd.losses.base import LOGITS, DistillationLoss, Tap
 from keras_kd.losses.top_k_soft_target import TopKTap, add_top_k_tensors, model_taps
 from keras_kd.objective import (
@@ -59,8 +65,7 @@ def _check_models(teacher, student) -> None:
         raise ValueError("teacher and student must be different models.")
     if teacher is None:
         return
-    teacher_ids = {id(v) for v in teacher.weights}
-    shared = [v.path for v in student.weights if id(v) in teacher_ids]
+    shared = [v.path for v in shared_variables(teacher, student)]
     if shared:
         raise ValueError(
             f"The student shares {len(shared)} variable(s) with the teacher (e.g. "
@@ -176,16 +181,6 @@ def _input_names(model: keras.Model | None) -> set[str]:
         return {getattr(t, "name", "") for t in model.inputs}
     except (AttributeError, ValueError):
         return set()
-
-
-def _static_input_shape(model: keras.Model | None):
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return None
-    if not inputs or len(inputs) != 1:
-        return None
-    return tuple(inputs[0].shape[1:])
 
 
 def _probabilities_to_logits(values, family: str | None):
@@ -358,8 +353,8 @@ class Distiller(TrainingModel):
                     f"{info.activation}; its logits are recovered from the graph anyway: "
                     f"leave {role}_output='auto'."
                 )
-        t_shape = _output_shape(teacher)
-        s_shape = _output_shape(student)
+        t_shape = static_output_shape(teacher)
+        s_shape = static_output_shape(student)
         if t_shape is not None and s_shape is not None and t_shape != s_shape:
             raise ValueError(
                 f"Teacher output shape {t_shape} differs from student output shape {s_shape}; "
@@ -370,8 +365,8 @@ class Distiller(TrainingModel):
         """Checks at construction that the teacher can take the (mapped) student inputs."""
         if self.teacher is None:
             return
-        t_shape = _static_input_shape(self.teacher)
-        s_shape = _static_input_shape(self.student)
+        t_shape = static_input_shape(self.teacher)
+        s_shape = static_input_shape(self.student)
         if t_shape is None or s_shape is None:
             return
         if self.teacher_input_fn is None:
@@ -781,13 +776,6 @@ class Distiller(TrainingModel):
         if isinstance(weights, dict):
             config["distillation_loss_weights"] = keras.saving.deserialize_keras_object(weights)
         return cls(**config)
-
-
-def _output_shape(model: keras.Model | None):
-    try:
-        return tuple(model.outputs[0].shape[1:]) if model is not None else None
-    except (AttributeError, ValueError, IndexError, TypeError):
-        return None
 
 
 def _refuse_probabilities(role: str, values: np.ndarray) -> None:

@@ -76,6 +76,38 @@ def is_graph_model(model: keras.Model) -> bool:
         return False
 
 
+def static_output_shape(model: keras.Model) -> tuple | None:
+    """The output shape without the batch axis, for single-output graph models."""
+    if not is_graph_model(model):
+        return None
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or len(outputs) != 1:
+        return None
+    return tuple(outputs[0].shape[1:])
+
+
+def static_input_shape(model: keras.Model) -> tuple | None:
+    """The input shape without the batch axis, for single-input graph models."""
+    if not is_graph_model(model):
+        return None
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or len(inputs) != 1:
+        return None
+    return tuple(inputs[0].shape[1:])
+
+
+def shared_variables(a: keras.Model, b: keras.Model) -> list:
+    """The variables of `b` that are also variables of `a` (layer sharing)."""
+    ids = {id(v) for v in a.weights}
+    return [v for v in b.weights if id(v) in ids]
+
+
 def _input_structure(model: keras.Model):
     """The inputs in the structure the model is called with (a bare tensor, a dict, ...).
 

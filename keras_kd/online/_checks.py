@@ -7,7 +7,13 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_kd.features import is_graph_model, output_info
+from keras_kd.features import (  # noqa: F401 - the shape helpers are used as _checks.*
+    is_graph_model,
+    output_info,
+    shared_variables,
+    static_input_shape,
+    static_output_shape,
+)
 from keras_kd.objective import LabelLoss
 
 
@@ -35,32 +41,6 @@ def check_model_list(name: str, values, minimum: int, owner: str, hint: str) -> 
                 raise ValueError(f"{name}[{j}] and {name}[{i}] are the same model object "
                                  f"'{model.name}'. Pass a new instance for each.")
     return models
-
-
-def static_output_shape(model: keras.Model) -> tuple | None:
-    """The output shape without the batch axis, for single-output graph models."""
-    if not is_graph_model(model):
-        return None
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    if not outputs or len(outputs) != 1:
-        return None
-    return tuple(outputs[0].shape[1:])
-
-
-def static_input_shape(model: keras.Model) -> tuple | None:
-    """The input shape without the batch axis, for single-input graph models."""
-    if not is_graph_model(model):
-        return None
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return None
-    if not inputs or len(inputs) != 1:
-        return None
-    return tuple(inputs[0].shape[1:])
 
 
 def check_single_output(name: str, model: keras.Model) -> None:
@@ -102,12 +82,6 @@ def _differ(a: tuple, b: tuple) -> bool:
 def check_traced_shapes(names: Sequence[str], tensors: Sequence, hint: str) -> None:
     """The same check on the tensors of the first traced step (subclassed models)."""
     check_same_shapes(names, [tuple(t.shape[1:]) for t in tensors], "output shape", hint)
-
-
-def shared_variables(a: keras.Model, b: keras.Model) -> list:
-    """The variables of `b` that are also variables of `a` (layer sharing)."""
-    ids = {id(v) for v in a.weights}
-    return [v for v in b.weights if id(v) in ids]
 
 
 def check_label_loss(label_loss: LabelLoss | None, owner: str, models, roles) -> None:
