@@ -460,14 +460,12 @@ class Distiller(TrainingModel):
         info = self._student_features.info
         warn_if_probability_loss_on_logits(
             label_loss, self.student, "student",
-            outputs_logits=info.known and info.activation is None and label_loss.kind != "bernoulli"
+            outputs_logits=info.known and info.activation is None
             and self._student_output != "probabilities",
         )
-        if label_loss.kind == "bernoulli" and info.activation is None and info.known:
-            warn_if_probability_loss_on_logits(label_loss, self.student, "student", True)
         families = {loss.output_family() for loss in self.distillation_losses} - {None}
         kind = label_loss.kind
-        expected = {"categorical": "categorical", "bernoulli": "bernoulli"}.get(kind)
+        expected = kind if kind in ("categorical", "bernoulli") else None
         if kind == "regression" and families:
             raise ValueError(
                 f"compile(loss={label_loss.config!r}) is a regression loss, but the "
