@@ -1,0 +1,375 @@
+r"""CIFAR-10 students of the ResNet-20 teacher: every method, the same budget, 3 seeds.
+
+The teacher is `benchmarks/weights/cifar10_resnet20.keras` (trained by `cifar10_teacher.py`).
+Every row trains the same student (the 2-layer plain CNN of Mirzadeh et al. 2020, 13 k
+parameters, `keras_kd.models.plain_cnn(2)`) from the same initial weights per seed, on all
+50,000 training images in the same order per seed, for `--epochs` epochs (batch 128, Adam with a
+cosine decay of the learning rate from 1e-3 to 0, no augmentation), and is evaluated on the
+10,000 test images. Two-model rows (TA chain, born-again, the online methods) give each training
+step the same budget. Label-loss weight alpha = 0.5 unless a row says otherwise; KD uses T = 4.
+
+Rows whose teacher signal is only the teacher's logits train on logits cached once (exact: the
+inputs are not augmented); rows with feature losses run the teacher live in bfloat16
+(`teacher_precision="bfloat16"`, 1.9x faster on these CPUs).
+
+  scratch     cross-entropy only
+  kd          CE + soft targets, T = 4 (Hinton et al. 2015)
+  fitnets     stage 1 (1 epoch): hint teacher stage2 -> student relu_1 (1x1 conv adapter);
+              stage 2: CE + KD (Romero et al. 2015)
+  at          CE + attention transfer stage1 -> relu_0, stage2 -> relu_1, beta = 1000
+  fsp         CE + FSP matrix of (stage1, stage2) vs (relu_0, relu_1)
+  rkd         CE + RKD distance (25) + angle (50) on teacher pool vs student flatten
+  overhaul    CE + Overhaul on the pre-ReLU stage2 / bn_1, margin from the teacher's last
+              stage-2 BN (as the paper's code does for ResNets), weight 2e-3
+  adaptive    CE + KD + logit MSE + AT + hint (Chennupati et al.'s paths), the path weights
+              learned by UncertaintyWeighting (Kendall et al. 2018)
+  takd        teacher -> 4-layer plain CNN assistant -> student (`teacher_assistant_chain`)
+  ensemble    KD from `Ensemble([ResNet-20, ResNet-8 a, ResNet-8 b])` (probabilities at T = 4);
+              the two ResNet-8 are trained by this script (`--ensemble_epochs`, augmented)
+  ban         born-again generation 1: KD from the scratch student of the same seed
+  dml         `MutualLearning` of two 2-layer students (T = 1): peer 0
+  one         `NativeEnsemble`: the first conv block shared, 3 branches (conv 16 + FC),
+              T = 3; branch 0 alone (the 2-layer architecture)
+  rocket      `RocketLaunching`: the light net (the student) and a booster (deeper head) share
+              the first conv block; logit MSE lambda = 0.03, gradient block: the light net
+  dkd         CE + DKD (alpha 1, beta 8, T = 4), warm-up over the first epoch (Zhao et al. 2022)
+  dist        CE + DIST (beta = gamma = 2, T = 4) (Huang et al. 2022)
+  kd_ls       CE + KD on z-scored logits, T = 2, alpha = 0.1 (Sun et al. 2024's CE 0.1)
+  dkd_ls      CE + DKD on z-scored logits, T = 2
+
+Usage:
+  nice python benchmarks/cifar10_students.py > runs/cifar10_students.log 2>&1 &
+  python benchmarks/cifar10_students.py --methods=scratch,kd --seeds=0 --epochs=1  # quick look
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from _cifar import DEFAULT_NPZ, TEACHER_PATH, arrays, train_dataset  # noqa: E402
+
+import keras_kd  # noqa: E402
+from keras_kd import losses as kd_losses  # noqa: E402
+from keras_kd.models import plain_cnn, resnet_cifar  # noqa: E402
+from keras_kd.online import MutualLearning, NativeEnsemble, RocketLaunching  # noqa: E402
+from keras_kd.recipes import teacher_assistant_chain  # noqa: E402
+from keras_kd.teachers import Ensemble  # noqa: E402
+from keras_kd.weighting import UncertaintyWeighting  # noqa: E402
+
+METHODS = (
+    "scratch", "kd", "fitnets", "at", "fsp", "rkd", "overhaul", "adaptive", "takd", "ensemble",
+    "ban", "dml", "one", "rocket", "dkd", "dist", "kd_ls", "dkd_ls",
+)
+# Published counterparts (relative comparison only: other data, architectures and budgets).
+PUBLISHED = {}
+
+_METHODS = flags.DEFINE_list("methods", list(METHODS), f"Rows to run, among {METHODS}.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (student init and data order).")
+_EPOCHS = flags.DEFINE_integer("epochs", 5, "Student epochs (every training step of a row).")
+_TRAIN = flags.DEFINE_integer("train_examples", 50000, "Training images (the first n).")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
+_LR = flags.DEFINE_float("learning_rate", 1e-3, "Adam's initial learning rate (cosine to 0).")
+_ENSEMBLE_EPOCHS = flags.DEFINE_integer("ensemble_epochs", 10, "Epochs of each ResNet-8.")
+_NPZ = flags.DEFINE_string("cifar_npz", DEFAULT_NPZ, "Path of cifar10_jpeg_yoongikim.npz.")
+_TEACHER = flags.DEFINE_string("teacher", TEACHER_PATH, "The trained teacher (.keras).")
+_OUT = flags.DEFINE_string("output_dir", "runs/cifar10_students", "Results and extra teachers.")
+
+ALPHA = 0.5
+T = 4.0
+L = keras.layers
+
+
+def _log(message: str) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+class Data:
+    def __init__(self):
+        (x, y), (x_test, y_test) = arrays(_NPZ.value)
+        n = _TRAIN.value
+        self.x = x[:n].astype("float32") / 255.0
+        self.y = y[:n]
+        self.x_test = x_test.astype("float32") / 255.0
+        self.y_test = y_test
+        self.steps = int(np.ceil(len(x) / _BATCH.value))
+
+    def train(self, seed: int) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((self.x, self.y)).shuffle(len(self.x), seed=seed)
+        return ds.batch(_BATCH.value).prefetch(tf.data.AUTOTUNE)
+
+    def cached(self, teacher, seed: int) -> tf.data.Dataset:
+        ds = keras_kd.cache_teacher_logits(teacher, self.x, self.y, batch_size=500)
+        return ds.shuffle(len(self.x), seed=seed).batch(_BATCH.value).prefetch(tf.data.AUTOTUNE)
+
+    def accuracy(self, model) -> float:
+        logits = model.predict(self.x_test, batch_size=1000, verbose=0)
+        return float((np.argmax(logits, -1) == self.y_test).mean())
+
+
+def optimizer(epochs: int, steps: int):
+    schedule = keras.optimizers.schedules.CosineDecay(_LR.value, epochs * steps)
+    return keras.optimizers.Adam(schedule)
+
+
+def compile_kwargs(epochs: int, steps: int) -> dict:
+    return {
+        "optimizer": optimizer(epochs, steps),
+        "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    }
+
+
+def student(seed: int, offset: int = 0, name: str = "student") -> keras.Model:
+    keras.utils.set_random_seed(1000 * seed + offset)
+    return plain_cnn(2, name=name)
+
+
+# ------------------------------------------------------------------------- online models
+def conv_block(h, filters: int, name: str):
+    h = L.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(h)
+    h = L.BatchNormalization(name=f"{name}_bn")(h)
+    return L.MaxPooling2D(2)(L.ReLU(name=f"{name}_relu")(h))
+
+
+def one_models(seed: int):
+    """Trunk = the student's first conv block; 3 branches = its second block + FC."""
+    keras.utils.set_random_seed(1000 * seed + 40)
+    inputs = keras.Input((32, 32, 3))
+    trunk = keras.Model(inputs, conv_block(inputs, 16, "trunk"), name="trunk")
+    branches = []
+    for i in range(3):
+        b_in = keras.Input((16, 16, 16))
+        h = L.Flatten()(conv_block(b_in, 16, f"branch{i}"))
+        branches.append(keras.Model(b_in, L.Dense(10)(h), name=f"branch_{i}"))
+    return trunk, branches
+
+
+def rocket_models(seed: int):
+    """Light = the 2-layer student; booster = the same first block + 3 more conv layers."""
+    keras.utils.set_random_seed(1000 * seed + 50)
+    inputs = keras.Input((32, 32, 3))
+    shared = conv_block(inputs, 16, "shared")
+    light = L.Dense(10, name="light_logits")(L.Flatten()(conv_block(shared, 16, "light")))
+    h = conv_block(shared, 32, "booster_a")
+    h = conv_block(h, 64, "booster_b")
+    booster = L.Dense(10, name="booster_logits")(L.GlobalAveragePooling2D()(h))
+    return keras.Model(inputs, light, name="light"), keras.Model(inputs, booster, name="booster")
+
+
+# ----------------------------------------------------------------------------- the rows
+def distiller_row(method: str, teacher: keras.Model, s: keras.Model):
+    """`(teacher or None for cached logits, losses, weights, alpha, callbacks)`."""
+    kd = kd_losses.SoftTargetDistillation(T)
+    cached = {
+        "kd": ([kd], [1.0], ALPHA, []),
+        "dkd": ([kd_losses.DecoupledKD(1.0, 8.0, T)], [1.0], ALPHA, "dkd"),
+        "dist": ([kd_losses.DISTDistillation(2.0, 2.0, T)], [1.0], ALPHA, []),
+        "kd_ls": ([kd_losses.SoftTargetDistillation(2.0, logit_standardization=True)], [1.0],
+                  0.1, []),
+        "dkd_ls": ([kd_losses.DecoupledKD(1.0, 8.0, 2.0, logit_standardization=True)], [1.0],
+                   ALPHA, "dkd"),
+    }
+    if method in cached:
+        losses, weights, alpha, callbacks = cached[method]
+        if callbacks == "dkd":
+            callbacks = [keras_kd.callbacks.DKDWarmup(losses[0], 1)]
+        return None, losses, weights, alpha, callbacks
+    callbacks = []
+    if method == "fitnets":
+        hint = kd_losses.HintDistillation("stage2", "relu_1")
+        losses, weights = [kd, hint], [1.0, 0.0]
+        callbacks.append(keras_kd.callbacks.HintStage(hint, 1))
+    elif method == "at":
+        losses = [kd_losses.AttentionTransfer("stage1", "relu_0"),
+                  kd_losses.AttentionTransfer("stage2", "relu_1")]
+        weights = [1000.0, 1000.0]
+    elif method == "fsp":
+        losses, weights = [kd_losses.FSPDistillation(("stage1", "stage2"),
+                                                     ("relu_0", "relu_1"))], [1.0]
+    elif method == "rkd":
+        losses, weights = [kd_losses.RelationalDistillation("pool", "flatten")], [1.0]
+    elif method == "overhaul":
+        losses = [kd_losses.OverhaulDistillation(
+            "stage2", "relu_1", teacher=teacher, teacher_batch_norm="stage2_block2_b_bn")]
+        weights = [2e-3]  # (1 - alpha) * 2e-3 = the paper's 1e-3
+    elif method == "adaptive":
+        losses = [kd, kd_losses.LogitMatchingDistillation(),
+                  kd_losses.AttentionTransfer("stage2", "relu_1"),
+                  kd_losses.HintDistillation("stage2", "relu_1")]
+        weights = UncertaintyWeighting(4)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return teacher, losses, weights, ALPHA, callbacks
+
+
+class Runner:
+    def __init__(self, data: Data, teacher: keras.Model):
+        self.data, self.teacher = data, teacher
+        self.epochs, self.steps = _EPOCHS.value, data.steps
+        self.out = Path(_OUT.value)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._cache = {}
+        self._scratch = {}
+
+    def fit(self, model, train, callbacks=None):
+        model.compile(**compile_kwargs(self.epochs, self.steps))
+        model.fit(train, epochs=self.epochs, verbose=0, callbacks=callbacks)
+        return model
+
+    def cached(self, key, teacher, seed):
+        if (key, seed) not in self._cache:
+            self._cache[(key, seed)] = self.data.cached(teacher, seed)
+        return self._cache[(key, seed)]
+
+    def scratch(self, seed):
+        if seed not in self._scratch:
+            self._scratch[seed] = self.fit(student(seed), self.data.train(seed))
+        return self._scratch[seed]
+
+    def ensemble_teachers(self):
+        members = [self.teacher]
+        for i in range(2):
+            path = self.out / f"resnet8_{i}_e{_ENSEMBLE_EPOCHS.value}.keras"
+            if not path.exists():
+                keras.utils.set_random_seed(500 + i)
+                model = resnet_cifar(8, weight_decay=2.5e-4, name=f"resnet8_{i}")
+                steps = self.data.steps
+                schedule = keras.optimizers.schedules.CosineDecay(
+                    0.0, max(1, (_ENSEMBLE_EPOCHS.value - 1) * steps), warmup_target=0.1,
+                    warmup_steps=steps)
+                model.compile(keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
+                              keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                x_u8 = (self.data.x * 255).round().astype("uint8")
+                model.fit(train_dataset(x_u8, self.data.y, _BATCH.value, 500 + i),
+                          epochs=_ENSEMBLE_EPOCHS.value, verbose=0)
+                model.save(path)
+            members.append(keras.models.load_model(path))
+        return members
+
+    def run(self, method: str, seed: int) -> dict:
+        data, teacher = self.data, self.teacher
+        extra = {}
+        if method == "scratch":
+            model = self.scratch(seed)
+        elif method in ("kd", "dkd", "dist", "kd_ls", "dkd_ls", "fitnets", "at", "fsp", "rkd",
+                        "overhaul", "adaptive"):
+            model = student(seed)
+            t, losses, weights, alpha, callbacks = distiller_row(method, teacher, model)
+            if t is None:
+                train = self.cached("teacher", teacher, seed)
+                distiller = keras_kd.Distiller(None, model, losses, weights, alpha)
+            else:
+                train = data.train(seed)
+                distiller = keras_kd.Distiller(t, model, losses, weights, alpha,
+                                               teacher_precision="bfloat16")
+            history = self.fit(distiller, train, callbacks=callbacks).history.history
+            extra = {k: float(v[-1]) for k, v in history.items() if k.endswith("_weight")}
+        elif method == "ensemble":
+            members = self.ensemble_teachers()
+            extra = {f"member_{i}": data.accuracy(m) for i, m in enumerate(members)}
+            model = student(seed)
+            train = self.cached("ensemble", Ensemble(members, temperature=T), seed)
+            self.fit(keras_kd.Distiller(None, model, kd_losses.SoftTargetDistillation(T),
+                                        student_loss_weight=ALPHA), train)
+        elif method == "takd":
+            keras.utils.set_random_seed(1000 * seed + 20)
+            assistant = plain_cnn(4, name="assistant")
+            chain = teacher_assistant_chain(
+                teacher, [assistant], student(seed), data.train(seed), epochs=self.epochs,
+                distiller_kwargs={"distillation_losses": kd_losses.SoftTargetDistillation(T),
+                                  "student_loss_weight": ALPHA},
+                compile_kwargs=compile_kwargs(self.epochs, self.steps), verbose=0)
+            extra = {"assistant": data.accuracy(chain.models[0])}
+            model = chain.models[1]
+        elif method == "ban":
+            gen0 = self.scratch(seed)
+            model = student(seed, 30, "generation_1")
+            self.fit(keras_kd.Distiller(None, model, kd_losses.SoftTargetDistillation(T),
+                                        student_loss_weight=ALPHA),
+                     self.cached("ban", gen0, seed))
+        elif method == "dml":
+            peers = [student(seed), student(seed, 60, "peer_1")]
+            self.fit(MutualLearning(peers, temperature=1.0), data.train(seed))
+            extra = {"peer_1": data.accuracy(peers[1])}
+            model = peers[0]
+        elif method == "one":
+            trunk, branches = one_models(seed)
+            one = self.fit(NativeEnsemble(trunk, branches, temperature=3.0), data.train(seed))
+            extra = {"ensemble": data.accuracy(one.ensemble_model())}
+            model = one.branch_model(0)
+        elif method == "rocket":
+            light, booster = rocket_models(seed)
+            self.fit(RocketLaunching(light, booster, hint_weight=0.03), data.train(seed))
+            extra = {"booster": data.accuracy(booster)}
+            model = light
+        else:
+            raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
+        return {"method": method, "seed": seed, "accuracy": data.accuracy(model), **extra}
+
+
+def main(argv):
+    del argv
+    for method in _METHODS.value:
+        if method not in METHODS:
+            raise app.UsageError(f"--methods: unknown {method!r}; valid: {METHODS}")
+    seeds = [int(s) for s in _SEEDS.value]
+    data = Data()
+    teacher = keras.models.load_model(_TEACHER.value)
+    teacher_accuracy = data.accuracy(teacher)
+    _log(f"teacher {_TEACHER.value}: test accuracy {teacher_accuracy:.4f}")
+    runner = Runner(data, teacher)
+    results_path = runner.out / f"results_e{_EPOCHS.value}_n{_TRAIN.value}_b{_BATCH.value}.jsonl"
+    done = {}
+    if results_path.exists():
+        for line in results_path.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["method"], r["seed"])] = r
+    for seed in seeds:
+        for method in _METHODS.value:
+            if (method, seed) in done:
+                continue
+            start, cpu = time.perf_counter(), time.process_time()
+            result = runner.run(method, seed)
+            result["seconds"] = time.perf_counter() - start
+            result["cpu_seconds"] = time.process_time() - cpu
+            done[(method, seed)] = result
+            with results_path.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+            _log(json.dumps(result))
+
+    argv0 = "python benchmarks/cifar10_students.py"
+    common = (f"--epochs={_EPOCHS.value} --train_examples={_TRAIN.value} "
+              f"--seeds={','.join(map(str, seeds))}")
+    print(f"\nTeacher ResNet-20 ({teacher.count_params():,} params): "
+          f"{100 * teacher_accuracy:.2f}% test accuracy; student plain CNN-2 "
+          f"({plain_cnn(2).count_params():,} params). CIFAR-10 (lossy JPEG copy), "
+          f"{len(data.x):,} training images, {_EPOCHS.value} epochs, batch {_BATCH.value}; "
+          f"mean +- std over seeds {seeds}.\n")
+    print("| method | test accuracy (%) | per seed | published (reference) | command |")
+    print("|---|---:|---|---|---|")
+    for method in _METHODS.value:
+        rows = [done[(method, s)] for s in seeds if (method, s) in done]
+        if not rows:
+            continue
+        accs = [100 * r["accuracy"] for r in rows]
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        print(f"| {method} | {statistics.mean(accs):.2f} ± {std:.2f} | "
+              f"{', '.join(f'{a:.2f}' for a in accs)} | {PUBLISHED.get(method, '—')} | "
+              f"`{argv0} --methods={method} {common}` |")
+    print(f"\n{sys.version.split()[0]}, keras {keras.__version__}, results in {results_path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
