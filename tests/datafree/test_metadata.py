@@ -17,7 +17,11 @@ from keras_kd.datafree import (
     spectral_matching,
     top_layer_matching,
 )
-from keras_kd.datafree.metadata import graph_laplacian_basis
+from keras_kd.datafree.metadata import (
+    chain_adjacency,
+    graph_fourier_basis,
+    largest_coefficients,
+)
 
 ATOL = 1e-5
 
@@ -63,28 +67,39 @@ def test_all_layers_matching_equals_numpy():
 
 
 def test_spectral_matching_equals_numpy():
+    # Lopes et al.: s_bar = F^-1 (kept coefficients, zeros), l = sum_i (s_bar - s_i)^2.
     rng = np.random.default_rng(3)
-    bases = [rng.normal(size=(6, 2)), rng.normal(size=(9, 3))]
+    bases = [np.linalg.qr(rng.normal(size=(6, 6)))[0][:, :2],
+             np.linalg.qr(rng.normal(size=(9, 9)))[0][:, :3]]
     signals = [rng.normal(size=(4, 6)), rng.normal(size=(4, 9))]
     cs = [rng.normal(size=(4, 2)), rng.normal(size=(4, 3))]
-    expected = sum(((c - h @ u) ** 2).mean(axis=1) / u.shape[1]
-                   for c, h, u in zip(cs, signals, bases))
+    expected = sum(((c @ u.T - h) ** 2).sum(axis=1) for c, h, u in zip(cs, signals, bases))
     got = np.asarray(spectral_matching(cs, signals, bases))
-    np.testing.assert_allclose(got, expected, atol=ATOL)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # With orthonormal columns: the kept coefficients are matched, the rest pushed to zero.
+    split = sum(((c - h @ u) ** 2).sum(1) + ((h - h @ u @ u.T) ** 2).sum(1)
+                for c, h, u in zip(cs, signals, bases))
+    np.testing.assert_allclose(got, split, rtol=1e-5)
 
 
-def test_graph_laplacian_basis_is_the_lowest_eigenvectors():
+def test_graph_fourier_basis_diagonalises_the_adjacency():
     rng = np.random.default_rng(4)
     w1, w2 = rng.normal(size=(3, 4)), rng.normal(size=(4, 2))
-    basis = graph_laplacian_basis([w1, w2], 0.3)
     a = np.zeros((9, 9))
-    a[0:3, 3:7], a[3:7, 7:9] = np.abs(w1), np.abs(w2)
+    a[0:3, 3:7], a[3:7, 7:9] = w1, w2  # signed weights, as in the paper's A
     a = a + a.T
-    laplacian = np.diag(a.sum(1)) - a
-    values = np.linalg.eigvalsh(laplacian)
-    assert basis.shape == (9, 3)  # ceil(0.3 * 9)
-    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-8)
-    np.testing.assert_allclose(basis.T @ laplacian @ basis, np.diag(values[:3]), atol=1e-8)
+    np.testing.assert_array_equal(chain_adjacency([w1, w2]), a)
+    basis = graph_fourier_basis([w1, w2])
+    values = np.linalg.eigvalsh(a)[::-1]
+    assert basis.shape == (9, 9)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(9), atol=1e-8)
+    np.testing.assert_allclose(basis.T @ a @ basis, np.diag(values), atol=1e-8)
+
+
+def test_largest_coefficients_per_class():
+    mean = np.array([[0.1, -3.0, 2.0, 0.0], [5.0, 0.2, -0.1, 0.3]])
+    np.testing.assert_array_equal(largest_coefficients(mean, 2),
+                                  [[False, True, True, False], [True, False, False, True]])
 
 
 def numpy_activations(model, x, temperature):
@@ -107,27 +122,56 @@ def test_recorded_statistics_equal_numpy(data):
     for block, a in zip(meta.blocks, acts):
         for c in range(4):
             np.testing.assert_allclose(block["mean"][c], a[y == c].mean(0), atol=1e-5)
-            np.testing.assert_allclose(block["std"][c], a[y == c].std(0), atol=1e-4)
+            std = (block["std"][c] if block.get("std") is not None  # the top layer: a cov
+                   else np.sqrt(np.diag(block["cov"][c])))
+            np.testing.assert_allclose(std, a[y == c].std(0), atol=1e-4)
     top = ActivationMetadata.record(model, x, y, kind="top_layer").blocks[0]
     for c in range(4):
         centred = acts[-1][y == c] - acts[-1][y == c].mean(0)
         np.testing.assert_allclose(top["cov"][c], centred.T @ centred / 16, atol=1e-5)
 
 
-def test_spectral_statistics_project_on_the_network_graph(data):
+def test_all_layers_covariances_equal_numpy(data):
+    x, y = data
+    model = small_mlp()
+    acts = numpy_activations(model, x.astype(np.float64), 8.0)
+    diagonal = ActivationMetadata.record(model, x, y, kind="all_layers")
+    assert [b.get("cov") is not None for b in diagonal.blocks] == [False, False, True]
+    full = ActivationMetadata.record(model, x, y, kind="all_layers", hidden_covariance=True)
+    for block, a in zip(full.blocks, acts):
+        for c in range(4):
+            centred = a[y == c] - a[y == c].mean(0)
+            np.testing.assert_allclose(block["cov"][c], centred.T @ centred / 16, atol=1e-4)
+    sample = full.sampler()(np.array([0, 1, 2, 3]), np.random.default_rng(0))
+    assert [v.shape for v in sample] == [(4, 8), (4, 8), (4, 4)]
+
+
+def test_spectral_statistics_keep_each_class_largest_coefficients(data):
     x, y = data
     model = small_mlp()
     acts = numpy_activations(model, x.astype(np.float64), 8.0)
     kernels = [np.asarray(model.get_layer(n).kernel) for n in ("d1", "logits")]
     meta = ActivationMetadata.record(model, x, y, kind="spectral_all_layers",
                                      spectral_fraction=0.25)
-    basis = graph_laplacian_basis(kernels, 0.25)
-    np.testing.assert_allclose(meta.blocks[0]["basis"], basis, atol=1e-6)
+    basis = graph_fourier_basis(kernels)  # 8 + 8 + 4 = 20 vertices
     coefficients = np.concatenate(acts, axis=1) @ basis
-    np.testing.assert_allclose(meta.blocks[0]["mean"][1], coefficients[y == 1].mean(0),
-                               atol=1e-5)
+    mean = np.stack([coefficients[y == c].mean(0) for c in range(4)])
+    std = np.stack([coefficients[y == c].std(0) for c in range(4)])
+    keep = largest_coefficients(mean, 5)  # ceil(0.25 * 20) per class
+    union = np.flatnonzero(keep.any(0))
+    block = meta.blocks[0]
+    assert block["size"] == union.size and block["basis"].shape == (20, union.size)
+    np.testing.assert_allclose(np.abs(block["basis"]), np.abs(basis[:, union]), atol=1e-5)
+    signs = np.sign(np.sum(block["basis"] * basis[:, union], axis=0))  # eigenvector signs
+    np.testing.assert_allclose(block["mean"] * signs, np.where(keep, mean, 0)[:, union],
+                               atol=1e-4)
+    np.testing.assert_allclose(block["std"], np.where(keep, std, 0)[:, union], atol=1e-4)
+    # Sampled coefficients are zero where a class keeps none (the zero-padded transform).
+    sample = meta.sampler()(np.array([0, 1, 2, 3]), np.random.default_rng(0))[0]
+    np.testing.assert_array_equal(sample[~keep[:, union]], 0.0)
     pairs = ActivationMetadata.record(model, x, y, kind="spectral_layer_pairs")
     assert [b["sources"] for b in pairs.blocks] == [[0, 1], [1, 2]]
+    assert [b["basis"].shape[0] for b in pairs.blocks] == [16, 12]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -148,7 +192,7 @@ def test_saved_file_round_trips(tmp_path, data, kind):
             else:
                 np.testing.assert_array_equal(np.asarray(a[key], np.float32), b[key])
     with np.load(tmp_path / "teacher.meta.npz") as raw:
-        assert json.loads(str(raw["meta"]))["format"] == "keras_kd.activation_metadata/1"
+        assert json.loads(str(raw["meta"]))["format"] == "keras_kd.activation_metadata/2"
 
 
 def test_reconstruction_lowers_the_objective_and_is_seeded(data, tmp_path):
@@ -199,6 +243,27 @@ def test_bad_arguments_are_refused_before_work(data, tmp_path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ValueError, match="not a keras_kd activation metadata file"):
         ActivationMetadata.load(tmp_path / "other.npz")
+    with pytest.raises(TypeError, match="hidden_covariance must be one of"):
+        ActivationMetadata.record(model, x, y, hidden_covariance="yes")
+
+
+def test_older_format_loads_except_spectral(data, tmp_path):
+    x, y = data
+    model = small_mlp()
+    for kind in ("all_layers", "spectral_layer_pairs"):
+        path = tmp_path / f"{kind}.npz"
+        ActivationMetadata.record(model, x, y, kind=kind).save(path)
+        with np.load(path) as raw:
+            arrays = dict(raw)
+        meta = json.loads(str(arrays["meta"]))
+        meta["format"] = "keras_kd.activation_metadata/1"
+        arrays["meta"] = np.array(json.dumps(meta))
+        np.savez(path, **arrays)
+        if kind == "all_layers":
+            assert ActivationMetadata.load(path).kind == "all_layers"
+        else:
+            with pytest.raises(ValueError, match="older format.*Record it again"):
+                ActivationMetadata.load(path)
 
 
 def test_spectral_kinds_refuse_conv_layers(data):
@@ -230,3 +295,12 @@ def test_checkpoint_resumes_and_stops_early(data, tmp_path):
         partial = reconstruct(model, meta, 40, batch_size=4, steps=2, verbose=0,
                               time_limit=1e-9)
     assert not partial.complete and len(partial) == 4  # the first batch always runs
+
+
+@pytest.mark.parametrize("kind", ["all_layers", "spectral_all_layers", "spectral_layer_pairs"])
+def test_reconstruction_runs_for_every_kind(data, kind):
+    x, y = data
+    model = small_mlp()
+    meta = ActivationMetadata.record(model, x, y, kind=kind)
+    out = reconstruct(model, meta, 8, batch_size=4, steps=2, seed=0, verbose=0)
+    assert out.x.shape == (8, 6) and np.all(np.isfinite(out.x))
