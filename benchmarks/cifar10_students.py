@@ -110,9 +110,12 @@ class Data:
         ds = tf.data.Dataset.from_tensor_slices((self.x, self.y)).shuffle(len(self.x), seed=seed)
         return ds.batch(_BATCH.value).prefetch(tf.data.AUTOTUNE)
 
-    def cached(self, teacher, seed: int) -> tf.data.Dataset:
-        ds = keras_kd.cache_teacher_logits(teacher, self.x, self.y, batch_size=500)
-        return ds.shuffle(len(self.x), seed=seed).batch(_BATCH.value).prefetch(tf.data.AUTOTUNE)
+    def cached(self, teacher) -> tf.data.Dataset:
+        return keras_kd.cache_teacher_logits(teacher, self.x, self.y, batch_size=500)
+
+    def batches(self, cached: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+        ds = cached.shuffle(len(self.x), seed=seed).batch(_BATCH.value)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     def accuracy(self, model) -> float:
         logits = model.predict(self.x_test, batch_size=1000, verbose=0)
@@ -229,9 +232,10 @@ class Runner:
         return model
 
     def cached(self, key, teacher, seed):
-        if (key, seed) not in self._cache:
-            self._cache[(key, seed)] = self.data.cached(teacher, seed)
-        return self._cache[(key, seed)]
+        """Teacher logits computed once per `key` (teacher), shuffled per seed."""
+        if key not in self._cache:
+            self._cache[key] = self.data.cached(teacher)
+        return self.data.batches(self._cache[key], seed)
 
     def scratch(self, seed):
         if seed not in self._scratch:
@@ -277,8 +281,11 @@ class Runner:
             history = self.fit(distiller, train, callbacks=callbacks).history.history
             extra = {k: float(v[-1]) for k, v in history.items() if k.endswith("_weight")}
         elif method == "ensemble":
-            members = self.ensemble_teachers()
-            extra = {f"member_{i}": data.accuracy(m) for i, m in enumerate(members)}
+            if "members" not in self._cache:
+                members = self.ensemble_teachers()
+                self._cache["members"] = (members, [data.accuracy(m) for m in members])
+            members, accuracies = self._cache["members"]
+            extra = {f"member_{i}": a for i, a in enumerate(accuracies)}
             model = student(seed)
             train = self.cached("ensemble", Ensemble(members, temperature=T), seed)
             self.fit(keras_kd.Distiller(None, model, kd_losses.SoftTargetDistillation(T),
@@ -298,7 +305,7 @@ class Runner:
             model = student(seed, 30, "generation_1")
             self.fit(keras_kd.Distiller(None, model, kd_losses.SoftTargetDistillation(T),
                                         student_loss_weight=ALPHA),
-                     self.cached("ban", gen0, seed))
+                     self.cached(f"ban_{seed}", gen0, seed))
         elif method == "dml":
             peers = [student(seed), student(seed, 60, "peer_1")]
             self.fit(MutualLearning(peers, temperature=1.0), data.train(seed))
