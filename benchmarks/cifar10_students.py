@@ -34,7 +34,8 @@ inputs are not augmented); rows with feature losses run the teacher live in bflo
               the first conv block; logit MSE lambda = 0.03, gradient block: the light net
   dkd         CE + DKD (alpha 1, beta 8, T = 4), warm-up over the first epoch (Zhao et al. 2022)
   dist        CE + DIST (beta = gamma = 2, T = 4) (Huang et al. 2022)
-  kd_ls       CE + KD on z-scored logits, T = 2, alpha = 0.1 (Sun et al. 2024's CE 0.1)
+  kd_ls       CE + KD on z-scored logits, T = 2, alpha = 0.1 / 9.1 (Sun et al. 2024's
+              configuration: CE weight 0.1, KD weight 9)
   dkd_ls      CE + DKD on z-scored logits, T = 2
 
 Usage:
@@ -179,8 +180,9 @@ def distiller_row(method: str, teacher: keras.Model, s: keras.Model):
         "kd": ([kd], [1.0], ALPHA, []),
         "dkd": ([kd_losses.DecoupledKD(1.0, 8.0, T)], [1.0], ALPHA, "dkd"),
         "dist": ([kd_losses.DISTDistillation(2.0, 2.0, T)], [1.0], ALPHA, []),
+        # Sun et al.'s resnet32x4 -> resnet8x4 config: T = 2, CE weight 0.1, KD weight 9.
         "kd_ls": ([kd_losses.SoftTargetDistillation(2.0, logit_standardization=True)], [1.0],
-                  0.1, []),
+                  0.1 / 9.1, []),
         "dkd_ls": ([kd_losses.DecoupledKD(1.0, 8.0, 2.0, logit_standardization=True)], [1.0],
                    ALPHA, "dkd"),
     }

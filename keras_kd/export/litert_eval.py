@@ -35,8 +35,10 @@ def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
     if dtype == np.float32:
         return x.astype(np.float32)
     scale, zero_point = detail["quantization"]
+    if scale == 0:  # an integer input that is not quantized (e.g. token ids): taken as it is
+        return x.astype(dtype)
     info = np.iinfo(dtype)
-    q = np.round(x / scale + zero_point)
+    q = np.round(x.astype(np.float32) / scale + zero_point)
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
@@ -66,8 +68,11 @@ def tflite_predict(
 
     Args:
         path: the `.tflite` file (one input, first output returned).
-        x: float inputs `(n, ...)`; quantized with the input's scale / zero point for int8 I/O.
-        batch_size: examples per interpreter call (the input is resized to it).
+        x: inputs `(n, ...)`: floats, quantized with the input's scale / zero point for int8
+            I/O, or integer ids for an integer input that is not quantized (token ids).
+        batch_size: examples per interpreter call (the input is resized to it). A file with a
+            fixed batch size (`to_tflite(..., batch_size=k)`) is run `k` at a time instead, the
+            last chunk padded with copies of its last example, whose outputs are dropped.
         num_threads: interpreter threads.
 
     Returns:
@@ -75,8 +80,16 @@ def tflite_predict(
     """
     batch_size = validation.positive_int("batch_size", batch_size)
     interpreter = _interpreter(path, num_threads)
-    x = np.asarray(x, dtype=np.float32)
-    outputs = [_run(interpreter, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    x = np.asarray(x)
+    fixed = int(interpreter.get_input_details()[0]["shape_signature"][0])
+    if fixed > 0:  # the batch dimension cannot be resized
+        batch_size = fixed
+    outputs = []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i : i + batch_size]
+        missing = batch_size - len(chunk) if fixed > 0 else 0
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], missing, axis=0)])
+        outputs.append(_run(interpreter, padded)[: len(chunk)])
     return np.concatenate(outputs).astype(np.float32)
 
 

@@ -29,7 +29,7 @@ def _is_tf_keras_model(model) -> bool:
     )
 
 
-def _single_input_spec(model) -> tf.TensorSpec:
+def _single_input_spec(model, batch_size: int | None = None) -> tf.TensorSpec:
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
@@ -39,12 +39,12 @@ def _single_input_spec(model) -> tf.TensorSpec:
             f"to_tflite supports built models with exactly one input; {model.name!r} has "
             f"{len(inputs or [])} defined inputs (build it with keras.Input(...))."
         )
-    shape = (None,) + tuple(inputs[0].shape[1:])
+    shape = (batch_size,) + tuple(inputs[0].shape[1:])
     return tf.TensorSpec(shape, tf.as_dtype(inputs[0].dtype), name="inputs")
 
 
-def _save_tf_keras(model, directory: str) -> None:
-    spec = _single_input_spec(model)
+def _save_tf_keras(model, directory: str, batch_size: int | None) -> None:
+    spec = _single_input_spec(model, batch_size)
 
     @tf.function(input_signature=[spec])
     def serve(inputs):
@@ -98,6 +98,7 @@ def to_tflite(
     representative_data=None,
     int8_io: bool = False,
     num_calibration_examples: int = DEFAULT_CALIBRATION_EXAMPLES,
+    batch_size: int | None = None,
 ) -> Path:
     """Converts a student to a `.tflite` file (float32, float16, dynamic-range or full-int8).
 
@@ -118,13 +119,18 @@ def to_tflite(
             `evaluate_tflite` does); if False they stay float32 with quantize / dequantize ops at
             the two ends.
         num_calibration_examples: how many examples of `representative_data` to calibrate on.
+        batch_size: `None` (default) for a file whose batch dimension is resized at run time,
+            or a fixed batch size (e.g. 1). Recurrent layers (`GRU`, `LSTM`, `SimpleRNN`) need a
+            fixed one: their loop's tensor lists convert to builtin ops only with static
+            shapes. `tflite_predict` runs such a file in chunks of that size.
 
     Returns:
         The `Path` of the written file.
 
     Raises:
         ValueError: for an unknown `quantization`, `"int8"` without `representative_data`,
-            `int8_io` with another mode, or a model with several inputs.
+            `int8_io` with another mode, a model with several inputs, or a recurrent model
+            converted without `batch_size`.
         TypeError: if `model` is not a Keras model.
 
     Example:
@@ -146,20 +152,25 @@ def to_tflite(
     num_calibration_examples = validation.positive_int(
         "num_calibration_examples", num_calibration_examples
     )
+    if batch_size is not None:
+        batch_size = validation.positive_int("batch_size", batch_size)
     if isinstance(model, Distiller):
         model = model.student
     tf_keras_model = _is_tf_keras_model(model)
     if not (isinstance(model, keras.Model) or tf_keras_model):
         raise TypeError(f"model must be a Keras model or keras_kd.Distiller, got {type(model)!r}.")
-    spec = _single_input_spec(model)
+    spec = _single_input_spec(model, batch_size)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="keras_kd_savedmodel_") as saved_model_dir:
         if tf_keras_model:
-            _save_tf_keras(model, saved_model_dir)
+            _save_tf_keras(model, saved_model_dir, batch_size)
         else:
-            model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+            model.export(
+                saved_model_dir, format="tf_saved_model", verbose=False,
+                input_signature=None if batch_size is None else [spec],
+            )
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantization != "none":
@@ -171,16 +182,27 @@ def to_tflite(
                 representative_data, spec.shape[1:], num_calibration_examples
             )
 
+            step = batch_size or 1  # a file with a fixed batch size calibrates on such batches
+
             def representative_dataset():
-                for i in range(len(examples)):
-                    yield [examples[i : i + 1]]
+                for i in range(0, len(examples) - step + 1, step):
+                    yield [examples[i : i + step]]
 
             converter.representative_dataset = representative_dataset
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if int8_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
-        flatbuffer = converter.convert()
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:  # tf.lite's ConverterError; anything else is re-raised
+            if batch_size is None and "TensorListReserve" in str(error):
+                raise ValueError(
+                    f"{model.name!r} has a recurrent loop whose tensor lists convert to builtin "
+                    "TFLite ops only with a fixed batch size: pass batch_size=1 (or the batch "
+                    "size the file will run with)."
+                ) from error
+            raise
     path.write_bytes(flatbuffer)
     return path
 
