@@ -201,6 +201,7 @@ _PLAIN_CNN_SPECS = {
     4: (16, 16, "pool", 32, 32, "pool"),
     6: (16, 16, "pool", 32, 32, "pool", 64, 64, "pool"),
     8: (16, 16, "pool", 32, 32, "pool", 64, 64, "pool", 128, 128, "pool", "fc64"),
+    10: (32, 32, "pool", 64, 64, "pool", 128, 128, "pool", 256, 256, 256, 256, "pool", "fc128"),
 }
 
 
@@ -215,14 +216,15 @@ def plain_cnn(
     The layer count is the number of conv layers (3x3, stride 1, "same" padding, then
     BatchNormalization and ReLU), 2x2 max-pooling between stages, a flatten and the dense
     logits, following `plane_cifar10_book` of the paper's code (2 = Conv16-Pool-Conv16-Pool-FC10,
-    4 = Conv16-Conv16-Pool-Conv32-Conv32-Pool-FC10, ...; 8 ends in a hidden dense layer of 64).
+    4 = Conv16-Conv16-Pool-Conv32-Conv32-Pool-FC10, ...; 8 and 10 end in a hidden ReLU dense
+    layer of 64 and 128 units). The 10-layer network is the paper's teacher.
     The 2-layer network is the paper's student, the 4-layer one an assistant.
 
     Conv `i` (from 0) is `conv_{i}`, its BatchNormalization `bn_{i}` (the pre-activation feature)
     and its ReLU `relu_{i}`; the flattened features are `flatten`.
 
     Args:
-        layers: 2, 4, 6 or 8.
+        layers: 2, 4, 6, 8 or 10.
         input_shape: shape of one input image `(H, W, C)`.
         num_classes: number of output logits.
         name: model name (default `plain{layers}`).
