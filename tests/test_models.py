@@ -59,8 +59,53 @@ def test_saved_model_round_trips(tmp_path):
         (lambda: models.mlp((8,), input_dropout=-0.1), "input_dropout"),
         (lambda: models.cnn((8, "a")), "filters"),
         (lambda: models.cnn((8,), dense_units=-1), "dense_units"),
+        (lambda: models.resnet_cifar(21), "depth"),
+        (lambda: models.resnet_cifar(20, (16, 32)), "widths"),
+        (lambda: models.plain_cnn(3), "layers"),
     ],
 )
 def test_invalid_arguments_name_the_argument(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def _resnet_params(depth, widths, num_classes=10):
+    """Parameter count of He et al.'s CIFAR ResNet, counted by hand (BN: 4 per channel)."""
+    n, total, previous = (depth - 2) // 6, 0, widths[0]
+    total += 3 * 9 * widths[0] + 4 * widths[0]  # stem conv + BN
+    for s, c in enumerate(widths):
+        for b in range(n):
+            total += previous * 9 * c + 4 * c + c * 9 * c + 4 * c
+            if previous != c or (s > 0 and b == 0):
+                total += previous * c + 4 * c  # 1x1 projection + BN
+            previous = c
+    return total + previous * num_classes + num_classes
+
+
+def test_resnet_cifar_sizes_and_tap_names():
+    model = models.resnet_cifar(20)
+    assert model.count_params() == _resnet_params(20, (16, 32, 64)) == 274_042  # "0.27M"
+    assert models.resnet_cifar(8, (8, 16, 32)).count_params() == _resnet_params(8, (8, 16, 32))
+    shapes = {name: model.get_layer(name).output.shape for name in ("stage1", "stage2", "stage3")}
+    assert shapes == {"stage1": (None, 32, 32, 16), "stage2": (None, 16, 16, 32),
+                      "stage3": (None, 8, 8, 64)}
+    assert model.get_layer("pool").output.shape == (None, 64)
+    assert isinstance(model.get_layer("stage2_block2_add"), keras.layers.Add)
+    out = model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0)
+    assert out.shape == (2, 10)
+
+
+def test_plain_cnn_matches_the_takd_specs():
+    # plane2 = Conv16-Pool-Conv16-Pool-FC10 (conv 3x3 + BN + ReLU), on 32x32x3 inputs.
+    two = models.plain_cnn(2)
+    expected = (3 * 9 * 16 + 16 + 4 * 16) + (16 * 9 * 16 + 16 + 4 * 16) + (8 * 8 * 16 * 10 + 10)
+    assert two.count_params() == expected
+    assert two.get_layer("relu_0").output.shape == (None, 32, 32, 16)
+    assert two.get_layer("relu_1").output.shape == (None, 16, 16, 16)
+    assert two.get_layer("flatten").output.shape == (None, 1024)
+    four = models.plain_cnn(4)
+    assert [four.get_layer(f"conv_{i}").filters for i in range(4)] == [16, 16, 32, 32]
+    ten = models.plain_cnn(10)
+    convs = [layer.filters for layer in ten.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs == [32, 32, 64, 64, 128, 128, 256, 256, 256, 256]
+    assert ten.get_layer("dense").units == 128
