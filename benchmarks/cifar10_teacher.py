@@ -3,8 +3,9 @@ r"""Trains the CIFAR-10 teacher of the benchmark table: ResNet-20 (He et al. 201
 Standard augmentation (pad 4, random crop, flip), SGD with Nesterov momentum 0.9, L2 5e-4 on conv
 kernels (as weight decay 5e-4 in the PyTorch convention), batch 128, one warm-up epoch to
 learning rate 0.1 then cosine decay to 0. The trained model is saved to
-`benchmarks/weights/cifar10_resnet20.keras` (committed, about 1.2 MB) so every student row can be
-reproduced without retraining. On 2 CPU cores an epoch takes about 2.2 min.
+`benchmarks/weights/cifar10_resnet20.keras` (committed, 1.3 MB) so every student row can be
+reproduced without retraining. On 2 quiet CPU cores an epoch takes about 66 s (25 epochs:
+60.5 min here, on a machine shared with other jobs): 86.48 % test accuracy.
 
 Usage:
   nice python benchmarks/cifar10_teacher.py --epochs=25 > teacher.log 2>&1 &
@@ -56,7 +57,9 @@ def main(argv):
     )
     _, accuracy = model.evaluate(test_dataset(x_test, y_test), verbose=0)
     os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-    model.save(_OUT.value)
+    deployed = resnet_cifar(20, weight_decay=2.5e-4, name="resnet20")  # no optimizer state
+    deployed.set_weights(model.get_weights())
+    deployed.save(_OUT.value)
     print(
         f"teacher test accuracy {accuracy:.4f} after {_EPOCHS.value} epochs in "
         f"{(time.perf_counter() - start) / 60:.1f} min; saved to {_OUT.value}"
