@@ -155,7 +155,9 @@ def run(method: str, seed: int, teacher, data) -> dict:
         distiller.compile(optimizer, loss=loss, metrics=["accuracy"])
         history = distiller.fit(x_train, y_train, batch_size=_BATCH.value, epochs=_EPOCHS.value,
                                 callbacks=callbacks, verbose=0)
-        extra = {k: float(v[-1]) for k, v in history.history.items()}
+        # Training logs are prefixed: the Distiller's own "accuracy" log is the last epoch's
+        # *training* accuracy and must never shadow the test accuracy below.
+        extra = {f"train_{k}": float(v[-1]) for k, v in history.history.items()}
         student.compile(loss=loss, metrics=["accuracy"])
     accuracy = float(student.evaluate(x_test, y_test, batch_size=512, verbose=0)[1])
     return {"method": method, "seed": seed, "accuracy": accuracy,
@@ -173,7 +175,7 @@ def main(argv):
     _log(f"teacher test accuracy {teacher_accuracy:.4f}")
     results_path = Path(_CACHE.value) / (
         f"results_e{_EPOCHS.value}_n{_TRAIN.value}_t{_TEACHER_TRAIN.value}"
-        f"x{_TEACHER_EPOCHS.value}_v2.jsonl"
+        f"x{_TEACHER_EPOCHS.value}_v3.jsonl"
     )
     done = {}
     if results_path.exists():
