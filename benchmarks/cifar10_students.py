@@ -46,7 +46,6 @@ Usage:
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -61,6 +60,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from _cifar import DEFAULT_NPZ, TEACHER_PATH, arrays, train_dataset  # noqa: E402
+from _results import run_missing  # noqa: E402
 
 import keras_kd  # noqa: E402
 from keras_kd import losses as kd_losses  # noqa: E402
@@ -360,23 +360,15 @@ def main(argv):
         _log(f"teacher {_TEACHER.value}: test accuracy {teacher_accuracy:.4f}")
     runner = Runner(data, teacher)
     results_path = runner.out / f"results_e{_EPOCHS.value}_n{_TRAIN.value}_b{_BATCH.value}.jsonl"
-    done = {}
-    if results_path.exists():
-        for line in results_path.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["method"], r["seed"])] = r
-    for seed in seeds:
-        for method in _METHODS.value:
-            if (method, seed) in done:
-                continue
-            start, cpu = time.perf_counter(), time.process_time()
-            result = runner.run(method, seed)
-            result["seconds"] = time.perf_counter() - start
-            result["cpu_seconds"] = time.process_time() - cpu
-            done[(method, seed)] = result
-            with results_path.open("a") as f:
-                f.write(json.dumps(result) + "\n")
-            _log(json.dumps(result))
+    def timed(method, seed):
+        start, cpu = time.perf_counter(), time.process_time()
+        result = runner.run(method, seed)
+        result["seconds"] = time.perf_counter() - start
+        result["cpu_seconds"] = time.process_time() - cpu
+        return result
+
+    pairs = [(method, seed) for seed in seeds for method in _METHODS.value]
+    done = run_missing(results_path, pairs, timed, _log)
 
     argv0 = "python benchmarks/cifar10_students.py"
     common = (f"--epochs={_EPOCHS.value} --train_examples={_TRAIN.value} "

@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 from _feature_models import student_model, teacher_model  # noqa: E402
+from _results import run_missing  # noqa: E402
 
 import keras_kd  # noqa: E402
 from keras_kd import losses as kd_losses  # noqa: E402
@@ -177,20 +177,8 @@ def main(argv):
         f"results_e{_EPOCHS.value}_n{_TRAIN.value}_t{_TEACHER_TRAIN.value}"
         f"x{_TEACHER_EPOCHS.value}_v3.jsonl"
     )
-    done = {}
-    if results_path.exists():
-        for line in results_path.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["method"], r["seed"])] = r
-    for method in _METHODS.value:
-        for seed in seeds:
-            if (method, seed) in done:
-                continue
-            result = run(method, seed, teacher, data)
-            done[(method, seed)] = result
-            with results_path.open("a") as f:
-                f.write(json.dumps(result) + "\n")
-            _log(json.dumps(result))
+    pairs = [(method, seed) for method in _METHODS.value for seed in seeds]
+    done = run_missing(results_path, pairs, lambda m, s: run(m, s, teacher, data), _log)
 
     argv0 = "python benchmarks/feature_methods.py"
     common = (f"--epochs={_EPOCHS.value} --train_examples={_TRAIN.value} "
