@@ -20,6 +20,8 @@ Runs per configuration:
               + OverhaulDistillation(pre-ReLU relu3; adapter 1x1 conv + BN, as in the paper)
               (twin: + Hint(relu2) + Hint(relu3) + AttentionTransfer(relu2), adapter=None)
   kd_3feat_bn tiny only: as kd_3feat with HintDistillation(batch_norm=True) (the old default)
+  kd_1feat    like for like with keras_feat: KD + one AttentionTransfer(relu3 -> relu3), the
+              same taps and the same kind of loss (attention maps) as keras_feat
   keras       keras.distillation.Distiller, LogitsDistillation(T = 4)
   keras_feat  + one FeatureDistillation(relu3 -> relu3) with an attention-map MSE (the
               layers' channel counts differ, so plain "mse" cannot be used); it runs the
@@ -153,6 +155,9 @@ def main(argv):
         runs[f"{config}/kd"] = _fit_epoch(ours([]), data)
         with_features = ours(features(teacher))
         runs[f"{config}/kd_3feat"] = _fit_epoch(with_features, data)
+        if config != "twin":
+            one_feature = [kd_losses.AttentionTransfer("t_relu3", "s_relu3")]
+            runs[f"{config}/kd_1feat"] = _fit_epoch(ours(one_feature), data)
         if config == "tiny":
             runs[f"{config}/kd_3feat_bn"] = _fit_epoch(ours(_three_features(teacher, True)), data)
         if _KERAS.value and config != "twin":
@@ -210,6 +215,8 @@ def main(argv):
         if _KERAS.value and config != "twin":
             print(f"| {config}: KD + 3 features / keras.distillation KD + 1 feature | "
                   f"{ratio(f'{config}/kd_3feat', f'{config}/keras_feat')} | |")
+            print(f"| {config}: KD + 1 feature / keras.distillation KD + 1 feature | "
+                  f"{ratio(f'{config}/kd_1feat', f'{config}/keras_feat')} | <= 1/1.4 |")
             print(f"| {config}: keras.distillation KD + 1 feature / keras.distillation KD | "
                   f"{ratio(f'{config}/keras_feat', f'{config}/keras')} | |")
             print(f"| {config}: keras_kd KD / keras.distillation KD | "

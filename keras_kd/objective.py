@@ -14,8 +14,12 @@ Everything else is the same for all of them and lives here, once:
   (`LabelLoss`);
 - under `tf.distribute` the per-replica loss is divided by the number of replicas (Keras's own
   trainer does the same), then `optimizer.scale_loss` is applied;
-- one `Mean` tracker per logged key, plus the compiled metrics of one prediction or of several
-  named predictions (`peer0_accuracy`, ...).
+- batch-weighted epoch means of every logged key in one pair of variables (`LoggedMeans`),
+  plus the compiled metrics of one prediction or of several named predictions
+  (`peer0_accuracy`, ...);
+- `fit` / `evaluate` run one traced function per batch that reads the batch, runs the step and
+  returns the logs (`make_train_function`), without Keras's per-step `tf.experimental.Optional`
+  round trip.
 
 `TrainingModel` holds that `train_step` / `test_step`; a subclass only implements
 `compute_step` (and, if it has a frozen model to run outside the gradient tape, `signals`).
@@ -528,6 +532,68 @@ class TrainingModel(keras.Model):
                     lambda v: strategy.experimental_local_results(v)[0], next(batches))
                 return super()._maybe_symbolic_build(data_batch=local)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    # ------------------------------------------------------------------ step functions
+    # Keras 3's TensorFlow trainer wraps every step's logs in a `tf.experimental.Optional` so
+    # that the end of the data needs no exception, then asks it `has_value()` and
+    # `get_value()`: two more eager operations per step, the second growing with the number
+    # of logs (about 15 us per logged key on the CPUs measured, BENCHMARKS.md). That was most
+    # of the Distiller's fixed cost over the student's own step on a small model. For the
+    # common case (one step per call on a `tf.data` iterator, no multi-worker or TPU strategy,
+    # not run eagerly) the step function below reads the batch with `get_next()` inside the
+    # traced function and returns the logs directly; the end of the data surfaces as
+    # `tf.errors.OutOfRangeError`, which Keras's epoch iterator turns into the end of the
+    # epoch, exactly as for its own functions. Every other case keeps Keras's function.
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=True)
+        self.train_function = self._direct_function(self.train_function, self.train_step)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is not None and not force:
+            return self.test_function
+        super().make_test_function(force=True)
+        self.test_function = self._direct_function(self.test_function, self.test_step)
+        return self.test_function
+
+    def _direct_function(self, keras_function, step):
+        strategy = self.distribute_strategy
+        if (self.run_eagerly or self.steps_per_execution != 1 or is_multi_worker(strategy)
+                or isinstance(strategy, tf.distribute.TPUStrategy)):
+            return keras_function
+
+        def replica_step(data):
+            # Every operation of the step waits for the batch: at the end of the data
+            # `get_next()` fails, and nothing (not even the optimizer's step counter) may
+            # have run before it.
+            tensors = [t for t in tf.nest.flatten(data, expand_composites=True)
+                       if isinstance(t, tf.Tensor)]
+            with tf.control_dependencies(tensors):
+                return step(data)
+
+        def one_step(data):
+            data = tf.nest.map_structure(
+                lambda v: None if isinstance(v, tf.experimental.Optional) else v, data)
+            outputs = strategy.run(replica_step, args=(data,))
+            return tf.nest.map_structure(
+                lambda v: tf.reduce_mean(strategy.experimental_local_results(v), axis=0)
+                if isinstance(v, tf.distribute.DistributedValues) else v, outputs)
+
+        if self.jit_compile:  # as Keras: the step compiled, the iterator outside
+            one_step = tf.function(one_step, reduce_retracing=True, jit_compile=True)
+
+        @tf.function(reduce_retracing=True)
+        def one_step_on_iterator(iterator):
+            return one_step(iterator.get_next())
+
+        def function(iterator):
+            if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+                return one_step_on_iterator(iterator)
+            return keras_function(iterator)  # e.g. train_on_batch's one-batch generator
+
+        return function
 
     def _record(self, x, y, sample_weight, result: StepResult):
         predictions = result.predictions
