@@ -1,8 +1,9 @@
 r"""CIFAR-10 students of the ResNet-20 teacher: every method, the same budget, 3 seeds.
 
 The teacher is `benchmarks/weights/cifar10_resnet20.keras` (trained by `cifar10_teacher.py`).
-Every row trains the same student (the 2-layer plain CNN of Mirzadeh et al. 2020, 13 k
-parameters, `keras_kd.models.plain_cnn(2)`) from the same initial weights per seed, on all
+Every row trains the same student (by default the 2-layer plain CNN of Mirzadeh et al. 2020,
+13 k parameters, `keras_kd.models.plain_cnn(2)`; `--student=cnn4` is their 4-layer one, 38 k,
+and `--student=resnet8` a ResNet-8, 79 k, for the rows that use logits only) from the same initial weights per seed, on all
 50,000 training images in the same order per seed, for `--epochs` epochs (batch 128, Adam with a
 cosine decay of the learning rate from 1e-3 to 0, no augmentation), and is evaluated on the
 10,000 test images. Two-model rows (TA chain, born-again, the online methods) give each training
@@ -41,6 +42,7 @@ inputs are not augmented); rows with feature losses run the teacher live in bflo
 Usage:
   nice python benchmarks/cifar10_students.py > runs/cifar10_students.log 2>&1 &
   python benchmarks/cifar10_students.py --methods=scratch,kd --seeds=0 --epochs=1  # quick look
+  python benchmarks/cifar10_students.py --student=cnn4 --methods=scratch,kd --epochs=5
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ _ENSEMBLE_EPOCHS = flags.DEFINE_integer("ensemble_epochs", 8, "Epochs of each Re
 _NPZ = flags.DEFINE_string("cifar_npz", DEFAULT_NPZ, "Path of cifar10_jpeg_yoongikim.npz.")
 _TEACHER = flags.DEFINE_string("teacher", TEACHER_PATH, "The trained teacher (.keras).")
 _OUT = flags.DEFINE_string("output_dir", "runs/cifar10_students", "Results and extra teachers.")
+_STUDENT = flags.DEFINE_enum(
+    "student", "cnn2", ["cnn2", "cnn4", "resnet8"],
+    "cnn2: TAKD's 2-layer plain CNN (every row); cnn4: its 4-layer one; resnet8: ResNet-8. "
+    "cnn4 and resnet8 run the rows that use logits only (scratch, kd, dkd, dist, kd_ls, "
+    "dkd_ls, ensemble, ban).")
 
 ALPHA = 0.5
 T = 4.0
@@ -153,9 +160,18 @@ def compile_kwargs(epochs: int, steps: int) -> dict:
     }
 
 
+STUDENTS = {
+    "cnn2": lambda name: plain_cnn(2, name=name),
+    "cnn4": lambda name: plain_cnn(4, name=name),
+    "resnet8": lambda name: resnet_cifar(8, name=name),
+}
+# Rows whose construction does not depend on the student's layers (any `--student`).
+LOGIT_ONLY = {"scratch", "kd", "dkd", "dist", "kd_ls", "dkd_ls", "ensemble", "ban"}
+
+
 def student(seed: int, offset: int = 0, name: str = "student") -> keras.Model:
     keras.utils.set_random_seed(1000 * seed + offset)
-    return plain_cnn(2, name=name)
+    return STUDENTS[_STUDENT.value](name)
 
 
 # ------------------------------------------------------------------------- online models
@@ -351,6 +367,10 @@ def main(argv):
     for method in _METHODS.value:
         if method not in METHODS:
             raise app.UsageError(f"--methods: unknown {method!r}; valid: {METHODS}")
+        if _STUDENT.value != "cnn2" and method not in LOGIT_ONLY:
+            raise app.UsageError(
+                f"--methods={method} is built around the 2-layer student's layers; with "
+                f"--student={_STUDENT.value} pass only {sorted(LOGIT_ONLY)}.")
     seeds = [int(s) for s in _SEEDS.value]
     data = Data()
     teacher = teacher_accuracy = None
@@ -359,7 +379,8 @@ def main(argv):
         teacher_accuracy = data.accuracy(teacher)
         _log(f"teacher {_TEACHER.value}: test accuracy {teacher_accuracy:.4f}")
     runner = Runner(data, teacher)
-    results_path = runner.out / f"results_e{_EPOCHS.value}_n{_TRAIN.value}_b{_BATCH.value}.jsonl"
+    prefix = "results" if _STUDENT.value == "cnn2" else f"results_{_STUDENT.value}"
+    results_path = runner.out / f"{prefix}_e{_EPOCHS.value}_n{_TRAIN.value}_b{_BATCH.value}.jsonl"
     def timed(method, seed):
         start, cpu = time.perf_counter(), time.process_time()
         result = runner.run(method, seed)
@@ -371,13 +392,13 @@ def main(argv):
     done = run_missing(results_path, pairs, timed, _log)
 
     argv0 = "python benchmarks/cifar10_students.py"
-    common = (f"--epochs={_EPOCHS.value} --train_examples={_TRAIN.value} "
-              f"--seeds={','.join(map(str, seeds))}")
+    common = (f"--student={_STUDENT.value} --epochs={_EPOCHS.value} "
+              f"--train_examples={_TRAIN.value} --seeds={','.join(map(str, seeds))}")
     if teacher is not None:
         print(f"\nTeacher ResNet-20 ({teacher.count_params():,} params): "
               f"{100 * teacher_accuracy:.2f}% test accuracy.")
-    print(f"Student plain CNN-2 "
-          f"({plain_cnn(2).count_params():,} params). CIFAR-10 (lossy JPEG copy), "
+    print(f"Student {_STUDENT.value} "
+          f"({STUDENTS[_STUDENT.value]('s').count_params():,} params). CIFAR-10 (lossy JPEG copy), "
           f"{len(data.x):,} training images, {_EPOCHS.value} epochs, batch {_BATCH.value}; "
           f"mean +- std over seeds {seeds}.\n")
     print("| method | test accuracy (%) | per seed | published (reference) | command |")

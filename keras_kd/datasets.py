@@ -190,8 +190,34 @@ def prepare(
     if missing and not download:
         raise _missing_sources_error(name, data_dir, manual_dir, missing)
     use_manual = manual_dir is not None and not missing
-    _build_offline(name, manual_dir if use_manual else None, data_dir, verbose)
+    with _build_lock(name, data_dir):
+        # Another process may have built it while this one waited for the lock.
+        if not is_prepared(name, data_dir):
+            _build_offline(name, manual_dir if use_manual else None, data_dir, verbose)
     return _builder(name, data_dir)
+
+
+@contextlib.contextmanager
+def _build_lock(name: str, data_dir: str):
+    """Holds an exclusive lock on `data_dir/.keras_kd_<name>.lock` while `name` is built.
+
+    TFDS gives two processes that build the same dataset into one `data_dir` at once the same
+    `incomplete.*` folder to rename, and the second fails with `FileExistsError`. With the lock
+    the second waits and then finds the dataset built. POSIX `flock`; where `fcntl` does not
+    exist (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, f".keras_kd_{name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

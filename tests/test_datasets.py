@@ -9,6 +9,8 @@ import hashlib
 import io
 import tarfile
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,36 @@ def test_prepare_cifar10_manual_dir_writes_binary_layout_tfds_accepts(tmp_path):
     assert dict(cls.url_infos) == before
     assert x.shape == (5, 32, 32, 3) and x.dtype == np.uint8
     assert _pairs(x, y) == _pairs(arrays["test"], labels["test"])
+
+
+def test_concurrent_prepare_builds_once(tmp_path, monkeypatch):
+    """Two callers preparing the same dataset at once: the second waits for the first's build
+    (a file lock in data_dir) instead of building into the same TFDS folder and failing."""
+    version = str(tfds.builder_cls("mnist").VERSION)
+    building = threading.Event()
+    builds = []
+
+    def fake_build(name, manual_dir, data_dir, verbose=False):
+        builds.append(threading.current_thread().name)
+        building.set()
+        time.sleep(0.5)  # the second caller arrives while this build runs
+        marker = Path(data_dir) / name / version / "dataset_info.json"
+        marker.parent.mkdir(parents=True)
+        marker.write_text("{}")
+
+    monkeypatch.setattr(datasets, "_build_offline", fake_build)
+    monkeypatch.setattr(datasets, "_builder", lambda name, data_dir: name)
+    results = {}
+
+    def call(tag):
+        results[tag] = datasets.prepare("mnist", tmp_path)
+
+    first = threading.Thread(target=call, args=("first",), name="first")
+    first.start()
+    assert building.wait(10)
+    second = threading.Thread(target=call, args=("second",), name="second")
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert builds == ["first"]
+    assert results == {"first": "mnist", "second": "mnist"}
