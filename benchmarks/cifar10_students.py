@@ -6,8 +6,9 @@ Every row trains the same student (by default the 2-layer plain CNN of Mirzadeh 
 and `--student=resnet8` a ResNet-8, 79 k, for the rows that use logits only) from the same
 initial weights per seed, on all 50,000 training images in the same order per seed, for
 `--epochs` epochs (batch 128, Adam with a cosine decay of the learning rate from 1e-3 to 0, no
-augmentation), and is evaluated on the 10,000 test images. Two-model rows (TA chain, born-again, the online methods) give each training
-step the same budget. Label-loss weight alpha = 0.5 unless a row says otherwise; KD uses T = 4.
+augmentation), and is evaluated on the 10,000 test images. Two-model rows (TA chain,
+born-again, the online methods) give each training step the same budget. Label-loss weight
+alpha = 0.5 unless a row says otherwise; KD uses T = 4.
 
 Rows whose teacher signal is only the teacher's logits train on logits cached once (exact: the
 inputs are not augmented); rows with feature losses run the teacher live in bfloat16
