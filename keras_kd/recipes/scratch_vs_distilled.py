@@ -18,7 +18,7 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -192,6 +192,8 @@ def train_classifier(
     seed: int = 0,
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
     verbose: int = 0,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, list[float]]:
     """Trains a logits classifier on hard labels with cosine-decayed Adam; returns its history.
 
@@ -204,13 +206,16 @@ def train_classifier(
         seed: shuffling seed.
         augment: optional batch-wise `x -> x` transform applied to training batches.
         verbose: Keras verbosity.
+        optimizer: a fresh optimizer instead of Adam(`learning_rate`) cosine-decayed to 0
+            (`learning_rate` is then unused).
+        callbacks: callbacks of the `fit` call.
 
     Returns:
         `history.history` of `model.fit`.
     """
     x, y = _check_arrays("train_data", train_data)
     model.compile(
-        optimizer=_adam(learning_rate, epochs, len(x), batch_size),
+        optimizer=optimizer or _adam(learning_rate, epochs, len(x), batch_size),
         loss=_hard_loss(),
         metrics=["accuracy"],
     )
@@ -224,6 +229,7 @@ def train_classifier(
         epochs=epochs,
         shuffle=False,  # the dataset is already shuffled in a seed-determined order
         verbose=verbose,
+        callbacks=list(callbacks),
     )
     return history.history
 
@@ -306,6 +312,8 @@ def scratch_vs_distilled(
     deterministic: bool = True,
     output_dir: str | os.PathLike | None = None,
     verbose: int | str = 0,
+    optimizer: Callable[[], keras.optimizers.Optimizer] | None = None,
+    callbacks: Callable[[], Sequence[keras.callbacks.Callback]] | None = None,
 ) -> ScratchVsDistilledResult:
     """Trains one student from scratch and distils an identical copy from `teacher`.
 
@@ -353,6 +361,11 @@ def scratch_vs_distilled(
         verbose: Keras verbosity of the `fit` calls; when non-zero, a numbered heading and a
             one-line outcome are also printed for each phase (teacher, then per seed the scratch
             and the distilled student).
+        optimizer: a no-argument callable returning a fresh optimizer, called once for each
+            student run (scratch and distilled alike), instead of Adam(`learning_rate`)
+            cosine-decayed to 0. The teacher, if trained here, keeps the Adam default.
+        callbacks: a no-argument callable returning fresh callbacks (e.g. a learning-rate or
+            momentum schedule), called once for each student `fit`.
 
     Returns:
         A `ScratchVsDistilledResult`.
@@ -406,6 +419,12 @@ def scratch_vs_distilled(
             f"student_factory must be a no-argument callable returning a keras.Model, got "
             f"{student_factory!r}."
         )
+    for name, value in (("optimizer", optimizer), ("callbacks", callbacks)):
+        if value is not None and not callable(value):
+            raise TypeError(
+                f"{name} must be a no-argument callable that returns a fresh {name} for each "
+                f"student run (or None for the default), got {value!r}."
+            )
     if teacher_augment is not None and not callable(teacher_augment):
         raise TypeError(f"teacher_augment must be callable or None, got {teacher_augment!r}.")
     if not isinstance(deterministic, bool):
@@ -430,6 +449,7 @@ def scratch_vs_distilled(
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "student_optimizer": "Adam, cosine decay to 0" if optimizer is None else "optimizer=",
         "teacher_epochs": teacher_epochs,
         "seed": seed,
         "num_seeds": num_seeds,
@@ -519,6 +539,8 @@ def scratch_vs_distilled(
                 run_seed,
                 None,
                 verbose,
+                optimizer() if optimizer else None,
+                callbacks() if callbacks else (),
             )
             scratch_summary = summary(
                 "student (scratch)",
@@ -543,7 +565,8 @@ def scratch_vs_distilled(
                 student_loss_weight=student_loss_weight,
             )
             distiller.compile(
-                optimizer=_adam(learning_rate, epochs, len(x_train), batch_size),
+                optimizer=(optimizer() if optimizer
+                           else _adam(learning_rate, epochs, len(x_train), batch_size)),
                 loss=_hard_loss(),
                 metrics=["accuracy"],
             )
@@ -555,6 +578,7 @@ def scratch_vs_distilled(
                 epochs=epochs,
                 shuffle=False,
                 verbose=verbose,
+                callbacks=list(callbacks()) if callbacks else [],
             ).history
             distilled_summary = summary(
                 "student (distilled)",

@@ -106,6 +106,37 @@ def test_hard_loss_only_distillation_reproduces_scratch(tmp_path, mnist_small):
     assert not any(Path(tmp_path).glob("student*.keras"))
 
 
+def test_custom_optimizer_and_callbacks_serve_both_students(mnist_small):
+    """`optimizer=` / `callbacks=` factories: one fresh optimizer and callback list per student
+    run, used for every step; with alpha = 1 the two SGD runs still end identical."""
+    train, test = _subset(mnist_small[0], 500), _subset(mnist_small[1], 100)
+    made, optimizers, epochs_seen = [], [], []
+
+    def factory():
+        made.append(models.mlp((16,), name=f"student_{len(made)}"))
+        return made[-1]
+
+    def sgd():
+        optimizers.append(keras.optimizers.SGD(0.05, momentum=0.5))
+        return optimizers[-1]
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs_seen.append((id(self), epoch))
+
+    result = scratch_vs_distilled(
+        models.mlp((32,), name="teacher"), factory, train, test, student_loss_weight=1.0,
+        epochs=2, batch_size=100, optimizer=sgd, callbacks=lambda: [Record()])
+    assert len(optimizers) == 2 and optimizers[0] is not optimizers[1]
+    assert made[0].optimizer is optimizers[0]
+    assert [int(o.iterations.numpy()) for o in optimizers] == [10, 10]  # 2 epochs x 5 batches
+    assert [e for _, e in epochs_seen] == [0, 1, 0, 1]
+    assert len({i for i, _ in epochs_seen}) == 2  # a fresh callback per fit
+    for a, b in zip(made[0].get_weights(), made[1].get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert result.settings["student_optimizer"] == "optimizer="
+
+
 def test_invalid_arguments(mnist_small):
     train, test = mnist_small
     teacher = models.mlp((8,), name="teacher")
@@ -195,6 +226,8 @@ BAD_ARGUMENTS = [
     ({"verbose": 3}, ValueError, "verbose must be one of"),
     ({"deterministic": "yes"}, TypeError, "deterministic must be True or False"),
     ({"teacher_augment": 3}, TypeError, "teacher_augment must be callable or None"),
+    ({"optimizer": "sgd"}, TypeError, "optimizer must be a no-argument callable"),
+    ({"callbacks": []}, TypeError, "callbacks must be a no-argument callable"),
     ({"student_factory": "mlp"}, TypeError, "student_factory must be a no-argument callable"),
     ({"teacher": "no_such_teacher.keras"}, ValueError, "which is not a file"),
     ({"teacher": 3}, TypeError, "teacher must be a keras.Model, a no-argument callable"),
