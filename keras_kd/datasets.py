@@ -14,7 +14,9 @@ files; for CIFAR-10 a directory holding `cifar-10-binary.tar.gz` (see
 
 The build is silent unless `verbose=True`: TFDS's progress bars, its "Downloading and preparing
 dataset" message (printed even when nothing is downloaded) and its log lines are held back while
-it builds, and the temporary folders TFDS creates are removed afterwards.
+it builds, and the temporary folders TFDS creates are removed afterwards. Several processes
+may ask for the same unbuilt dataset at once: the first builds it, the others wait for it (a
+file lock in `data_dir`) and then read it.
 """
 
 from __future__ import annotations
