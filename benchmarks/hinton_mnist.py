@@ -10,12 +10,13 @@ Here: the same architectures. The teacher is trained as in the dropout papers (H
 layers, a max-norm constraint on every hidden unit's incoming weights, integer jitter of up to
 2 px, plain SGD whose momentum ramps linearly from 0.5 to 0.99 and whose learning rate decays
 exponentially, the update being `v <- p v - (1 - p) eps g` as in those papers — for far fewer
-epochs than their 3000 (`--teacher_epochs`). It is saved as `<output_dir>/teacher_sgd.keras`
-and reused by later runs. With `--teacher_optimizer=adam` the teacher is trained by the recipe
-instead (Adam, cosine-decayed learning rate, the same regularisation). The students
-train on the unjittered images; the distilled one uses `alpha = 0.1` on the hard labels and
-the teacher's logits cached once (`keras_kd.cache_teacher_logits`). Both students start from
-the same weights and see the same batches.
+epochs than their 3000 (`--teacher_epochs`). It is saved as
+`<output_dir>/teacher_sgd_e<epochs>.keras` and reused by later runs; a larger `--teacher_epochs`
+continues the longest shorter run saved there. With `--teacher_optimizer=adam` the teacher is
+trained by the recipe instead (Adam, cosine-decayed learning rate, the same regularisation).
+The students train on the unjittered images; the distilled one uses `alpha = 0.1` on the hard
+labels and the teacher's logits cached once (`keras_kd.cache_teacher_logits`). Both students
+start from the same weights and see the same batches.
 
 Usage:
   python benchmarks/hinton_mnist.py --output_dir=/tmp/hinton_mnist
@@ -23,6 +24,7 @@ Usage:
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -90,23 +92,45 @@ class RampedMomentum(keras.callbacks.Callback):
         print(f"teacher epoch {epoch + 1}: momentum {momentum:.3f}, eps {eps:.4f}", flush=True)
 
 
+def _saved_teachers(epochs: int) -> list[tuple[int, Path]]:
+    """`(epochs, path)` of the SGD teachers in `--output_dir` trained for fewer than `epochs`."""
+    found = []
+    for path in Path(_OUTPUT_DIR.value).glob("teacher_sgd_e*.keras"):
+        match = re.fullmatch(r"teacher_sgd_e(\d+)\.keras", path.name)
+        if match and int(match.group(1)) < epochs:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
 def train_teacher_sgd(train, test) -> str:
-    """Trains the teacher with the dropout papers' recipe (or loads it) and returns its path."""
+    """Trains the teacher with the dropout papers' recipe (or loads it) and returns its path.
+
+    A teacher saved in `--output_dir` after fewer epochs of the same recipe is continued from
+    there (weights and SGD state; the schedule resumes at its epoch) instead of starting over.
+    """
     path = os.path.join(_OUTPUT_DIR.value, f"teacher_sgd_e{_TEACHER_EPOCHS.value}.keras")
     if os.path.exists(path):
         return path
     keras.utils.set_random_seed(_SEED.value)
-    teacher = teacher_model()
-    teacher.compile(
-        keras.optimizers.SGD(0.5, momentum=0.5),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    earlier = _saved_teachers(_TEACHER_EPOCHS.value)
+    initial_epoch = 0
+    if earlier:
+        initial_epoch, start = earlier[-1]
+        print(f"Continuing {start} from epoch {initial_epoch}", flush=True)
+        teacher = keras.models.load_model(start)
+    else:
+        teacher = teacher_model()
+        teacher.compile(
+            keras.optimizers.SGD(0.5, momentum=0.5),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
     x, y = train
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=_SEED.value)
     ds = ds.batch(_BATCH_SIZE.value).map(lambda a, b: (jitter(a), b))
     teacher.fit(ds.prefetch(tf.data.AUTOTUNE), epochs=_TEACHER_EPOCHS.value,
-                validation_data=test, callbacks=[RampedMomentum()], verbose=2)
+                initial_epoch=initial_epoch, validation_data=test, callbacks=[RampedMomentum()],
+                verbose=2)
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     teacher.save(path)
     return path
