@@ -215,7 +215,8 @@ def train_classifier(
     """
     x, y = _check_arrays("train_data", train_data)
     model.compile(
-        optimizer=optimizer or _adam(learning_rate, epochs, len(x), batch_size),
+        optimizer=(optimizer if optimizer is not None
+                   else _adam(learning_rate, epochs, len(x), batch_size)),
         loss=_hard_loss(),
         metrics=["accuracy"],
     )
@@ -319,8 +320,8 @@ def scratch_vs_distilled(
 
     Both students are built by `student_factory` after `keras.utils.set_random_seed(seed)`,
     the second receives the first one's initial weights, and both are trained with Adam
-    (`learning_rate`, cosine-decayed to 0 over the run) for `epochs` on `train_data` shuffled
-    in the same seed-determined order.
+    (`learning_rate`, cosine-decayed to 0 over the run; or each with a fresh `optimizer()`)
+    for `epochs` on `train_data` shuffled in the same seed-determined order.
     The scratch student minimises cross-entropy on the labels; the distilled one
     `alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))` through
     `keras_kd.Distiller`, with the teacher's logits computed once up front
