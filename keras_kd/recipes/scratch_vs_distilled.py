@@ -435,6 +435,15 @@ def scratch_vs_distilled(
     if output_dir is not None:
         out = writable_dir("output_dir", output_dir)  # last: no folder is left for a bad argument
 
+    def student_optimizer() -> keras.optimizers.Optimizer:
+        """A fresh optimizer for one student run: `optimizer()` or the Adam default."""
+        if optimizer is not None:
+            return optimizer()
+        return _adam(learning_rate, epochs, len(x_train), batch_size)
+
+    def student_callbacks() -> list[keras.callbacks.Callback]:
+        return list(callbacks()) if callbacks is not None else []
+
     # ---------------------------------------------------------------- runs
     if deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -540,8 +549,8 @@ def scratch_vs_distilled(
                 run_seed,
                 None,
                 verbose,
-                optimizer() if optimizer else None,
-                callbacks() if callbacks else (),
+                student_optimizer(),
+                student_callbacks(),
             )
             scratch_summary = summary(
                 "student (scratch)",
@@ -566,8 +575,7 @@ def scratch_vs_distilled(
                 student_loss_weight=student_loss_weight,
             )
             distiller.compile(
-                optimizer=(optimizer() if optimizer
-                           else _adam(learning_rate, epochs, len(x_train), batch_size)),
+                optimizer=student_optimizer(),
                 loss=_hard_loss(),
                 metrics=["accuracy"],
             )
@@ -579,7 +587,7 @@ def scratch_vs_distilled(
                 epochs=epochs,
                 shuffle=False,
                 verbose=verbose,
-                callbacks=list(callbacks()) if callbacks else [],
+                callbacks=student_callbacks(),
             ).history
             distilled_summary = summary(
                 "student (distilled)",
