@@ -131,7 +131,7 @@ class Data:
         self.y = y[:n]
         self.x_test = x_test.astype("float32") / 255.0
         self.y_test = y_test
-        self.steps = int(np.ceil(len(x) / _BATCH.value))
+        self.steps = int(np.ceil(len(self.x) / _BATCH.value))
 
     def train(self, seed: int) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((self.x, self.y)).shuffle(len(self.x), seed=seed)
@@ -144,9 +144,24 @@ class Data:
         ds = cached.shuffle(len(self.x), seed=seed).batch(_BATCH.value)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    def accuracy(self, model) -> float:
-        logits = model.predict(self.x_test, batch_size=1000, verbose=0)
-        return float((np.argmax(logits, -1) == self.y_test).mean())
+    def accuracy(self, model, train: bool = False) -> float:
+        """Test accuracy, or with `train` the accuracy on the first 10,000 training images."""
+        x, y = (self.x[:10000], self.y[:10000]) if train else (self.x_test, self.y_test)
+        logits = model.predict(x, batch_size=1000, verbose=0)
+        return float((np.argmax(logits, -1) == y).mean())
+
+
+class Curves(keras.callbacks.Callback):
+    """After each epoch, the watched student's test and training-subset accuracy."""
+
+    def __init__(self, data: Data, student: keras.Model):
+        super().__init__()
+        self.data, self.student = data, student
+        self.test, self.train = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.test.append(self.data.accuracy(self.student))
+        self.train.append(self.data.accuracy(self.student, train=True))
 
 
 def optimizer(epochs: int, steps: int):
@@ -262,8 +277,15 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self._cache = {}
         self._scratch = {}
+        self.curves = {}  # per seed and run name: `Curves` of the runs that pass `watch`
 
-    def fit(self, model, train, callbacks=None):
+    def fit(self, model, train, callbacks=None, watch=None):
+        """Compiles and fits `model`; with `watch=(key, student)` records that student's
+        per-epoch accuracies in `self.curves[key]`."""
+        callbacks = list(callbacks or [])
+        if watch is not None:
+            self.curves[watch[0]] = Curves(self.data, watch[1])
+            callbacks.append(self.curves[watch[0]])
         model.compile(**compile_kwargs(self.epochs, self.steps))
         model.fit(train, epochs=self.epochs, verbose=0, callbacks=callbacks)
         return model
@@ -276,7 +298,8 @@ class Runner:
 
     def scratch(self, seed):
         if seed not in self._scratch:
-            self._scratch[seed] = self.fit(student(seed), self.data.train(seed))
+            s = student(seed)
+            self._scratch[seed] = self.fit(s, self.data.train(seed), watch=(("scratch", seed), s))
         return self._scratch[seed]
 
     def ensemble_teachers(self):
@@ -315,7 +338,8 @@ class Runner:
                 train = data.train(seed)
                 distiller = keras_kd.Distiller(t, model, losses, weights, alpha,
                                                teacher_precision="bfloat16")
-            history = self.fit(distiller, train, callbacks=callbacks).history.history
+            history = self.fit(distiller, train, callbacks=callbacks,
+                               watch=((method, seed), model)).history.history
             extra = {k: float(v[-1]) for k, v in history.items() if k.endswith("_weight")}
         elif method == "ensemble":
             if "members" not in self._cache:
@@ -360,6 +384,9 @@ class Runner:
             model = light
         else:
             raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
+        curves = self.curves.get((method, seed))
+        if curves is not None:  # per epoch: test accuracy, accuracy on 10k training images
+            extra.update(test_curve=curves.test, train_curve=curves.train)
         return {"method": method, "seed": seed, "accuracy": data.accuracy(model), **extra}
 
 

@@ -16,7 +16,10 @@ continues the longest shorter run saved there. With `--teacher_optimizer=adam` t
 trained by the recipe instead (Adam, cosine-decayed learning rate, the same regularisation).
 The students train on the unjittered images; the distilled one uses `alpha = 0.1` on the hard
 labels and the teacher's logits cached once (`keras_kd.cache_teacher_logits`). Both students
-start from the same weights and see the same batches.
+start from the same weights and see the same batches. With `--student_jitter` (not the paper's
+setting) both students train on jittered batches, the same draws for both, and the teacher
+gives its soft targets on each jittered batch, live (`scratch_vs_distilled(student_augment=)`);
+copy a trained teacher into that run's `--output_dir` to reuse it.
 
 Usage:
   python benchmarks/hinton_mnist.py --output_dir=/tmp/hinton_mnist
@@ -47,6 +50,10 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 20.0, "Soft-target temperature (paper: 20).")
 _STUDENT_LOSS_WEIGHT = flags.DEFINE_float("student_loss_weight", 0.1, "alpha on hard labels.")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", None, "First N train examples only.")
+_STUDENT_JITTER = flags.DEFINE_bool(
+    "student_jitter", False,
+    "Jitter both students' batches as well, the teacher's soft targets then taken live on each "
+    "jittered batch (consistent teaching, Beyer et al. 2022). Not the paper's setting.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/hinton_mnist", "Models, report, JSON.")
@@ -154,6 +161,7 @@ def main(argv):
         batch_size=_BATCH_SIZE.value,
         teacher_epochs=0 if sgd else _TEACHER_EPOCHS.value,
         teacher_augment=None if sgd else jitter,
+        student_augment=jitter if _STUDENT_JITTER.value else None,
         seed=_SEED.value,
         output_dir=_OUTPUT_DIR.value,
         verbose=2,

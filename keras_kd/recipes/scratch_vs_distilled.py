@@ -308,6 +308,7 @@ def scratch_vs_distilled(
     learning_rate: float = 1e-3,
     teacher_epochs: int = 0,
     teacher_augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    student_augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
     seed: int = 0,
     num_seeds: int = 1,
     deterministic: bool = True,
@@ -325,7 +326,10 @@ def scratch_vs_distilled(
     The scratch student minimises cross-entropy on the labels; the distilled one
     `alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))` through
     `keras_kd.Distiller`, with the teacher's logits computed once up front
-    (`keras_kd.cache_teacher_logits`; exact, as students see no augmentation). Accuracies are
+    (`keras_kd.cache_teacher_logits`; exact, as students see no augmentation). With
+    `student_augment`, both students train on transformed batches instead, and the teacher runs
+    live on the very batch the distilled student sees ("consistent teaching", Beyer et al.
+    2022), where cached logits of the untransformed images would be wrong. Accuracies are
     measured on `test_data` after the last epoch; the per-epoch `val_accuracy` is measured on
     `test_data` too, for monitoring only (nothing is selected on it).
 
@@ -350,7 +354,10 @@ def scratch_vs_distilled(
         teacher_epochs: if > 0, `teacher` is first trained on `train_data` for that many epochs
             (use 0 for an already trained teacher).
         teacher_augment: optional batch-wise input transform for the teacher's training only
-            (e.g. jitter). Students never see it.
+            (e.g. jitter).
+        student_augment: optional batch-wise input transform for both students' training
+            batches (the same draws for both, as both runs are seeded alike). The teacher then
+            computes its soft targets on each transformed batch, live, in inference mode.
         seed: seed of the teacher's and the first students' initialisation and batch order.
         num_seeds: how many seeds (`seed`, `seed + 1`, ...) the two students are trained with.
         deterministic: switch on `tf.config.experimental.enable_op_determinism()`, so a rerun
@@ -426,8 +433,12 @@ def scratch_vs_distilled(
                 f"{name} must be a no-argument callable that returns a fresh {name} for each "
                 f"student run (or None for the default), got {value!r}."
             )
-    if teacher_augment is not None and not callable(teacher_augment):
-        raise TypeError(f"teacher_augment must be callable or None, got {teacher_augment!r}.")
+    for name, value in (("teacher_augment", teacher_augment),
+                        ("student_augment", student_augment)):
+        if value is not None and not callable(value):
+            raise TypeError(
+                f"{name} must be a batch-wise x -> x callable or None, got {value!r}."
+            )
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be True or False, got {deterministic!r}.")
     verbose = validation.one_of("verbose", verbose, (0, 1, 2, "auto"))
@@ -461,6 +472,8 @@ def scratch_vs_distilled(
         "learning_rate": learning_rate,
         "student_optimizer": "Adam, cosine decay to 0" if optimizer is None else "optimizer=",
         "teacher_epochs": teacher_epochs,
+        "student_augment": None if student_augment is None else getattr(
+            student_augment, "__name__", repr(student_augment)),
         "seed": seed,
         "num_seeds": num_seeds,
         "deterministic ops": deterministic,
@@ -523,7 +536,8 @@ def scratch_vs_distilled(
         seconds = time.perf_counter() - start if teacher_epochs else 0.0
         teacher_summary = summary("teacher", teacher, teacher_history, seconds, "teacher.keras")
         phases.outcome(teacher_summary)
-        cached_train = cache_teacher_logits(teacher, x_train, y_train)
+        cached_train = (cache_teacher_logits(teacher, x_train, y_train)
+                        if student_augment is None else None)
         cached_test = cache_teacher_logits(teacher, x_test, y_test).batch(1000)
 
         # ------------------------------------------------------------ students, per seed
@@ -547,7 +561,7 @@ def scratch_vs_distilled(
                 batch_size,
                 learning_rate,
                 run_seed,
-                None,
+                student_augment,
                 verbose,
                 student_optimizer(),
                 student_callbacks(),
@@ -579,10 +593,16 @@ def scratch_vs_distilled(
                 loss=_hard_loss(),
                 metrics=["accuracy"],
             )
+            if student_augment is None:
+                distilled_train = (
+                    cached_train.shuffle(len(x_train), seed=run_seed, reshuffle_each_iteration=True)
+                    .batch(batch_size)
+                    .prefetch(tf.data.AUTOTUNE)
+                )
+            else:  # the teacher runs live on each transformed batch
+                distilled_train = _ordered(x_train, y_train, batch_size, run_seed, student_augment)
             distilled_history = distiller.fit(
-                cached_train.shuffle(len(x_train), seed=run_seed, reshuffle_each_iteration=True)
-                .batch(batch_size)
-                .prefetch(tf.data.AUTOTUNE),
+                distilled_train,
                 validation_data=cached_test,
                 epochs=epochs,
                 shuffle=False,
