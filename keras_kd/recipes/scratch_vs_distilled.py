@@ -49,7 +49,8 @@ class ModelSummary:
         history: per-epoch Keras history (`accuracy`, `val_accuracy`, ...); `val_` values are
             measured on the test data. Empty for a teacher that was loaded rather than trained.
         seconds: wall time of its training (the teacher's logits for distillation are computed
-            once beforehand and not counted).
+            once beforehand and not counted, except with `student_augment`, where the teacher
+            runs inside each distillation step).
     """
 
     name: str
