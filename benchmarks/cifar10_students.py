@@ -122,6 +122,10 @@ _STUDENT = flags.DEFINE_enum(
     "cnn4 and resnet8 run the rows that use logits only (scratch, kd, dkd, dist, kd_ls, "
     "dkd_ls, ensemble, ban).")
 
+_CURVES = flags.DEFINE_bool(
+    "curves", False, "Record each student's test and training-subset accuracy after every epoch "
+    "(test_curve / train_curve in the results; two extra evaluations per epoch).")
+
 ALPHA = 0.5
 T = 4.0
 L = keras.layers
@@ -288,10 +292,10 @@ class Runner:
         self.curves = {}  # per seed and run name: `Curves` of the runs that pass `watch`
 
     def fit(self, model, train, callbacks=None, watch=None):
-        """Compiles and fits `model`; with `watch=(key, student)` records that student's
-        per-epoch accuracies in `self.curves[key]`."""
+        """Compiles and fits `model`; with `watch=(key, student)` and `--curves` records that
+        student's per-epoch accuracies in `self.curves[key]`."""
         callbacks = list(callbacks or [])
-        if watch is not None:
+        if watch is not None and _CURVES.value:
             self.curves[watch[0]] = Curves(self.data, watch[1])
             callbacks.append(self.curves[watch[0]])
         model.compile(**compile_kwargs(self.epochs, self.steps))
