@@ -39,6 +39,7 @@ inputs are not augmented); rows with feature losses run the teacher live in bflo
   kd_ls       CE + KD on z-scored logits, T = 2, alpha = 0.1 / 9.1 (Sun et al. 2024's
               configuration: CE weight 0.1, KD weight 9)
   dkd_ls      CE + DKD on z-scored logits, T = 2
+  (--dkd_beta, --ls_temperature and --kd_ls_alpha change these rows' values, for ablations)
 
 Usage:
   nice python benchmarks/cifar10_students.py > runs/cifar10_students.log 2>&1 &
@@ -122,6 +123,16 @@ _STUDENT = flags.DEFINE_enum(
     "cnn4 and resnet8 run the rows that use logits only (scratch, kd, dkd, dist, kd_ls, "
     "dkd_ls, ensemble, ban).")
 
+# Ablation flags of the modern logit rows. A value other than the default writes its own results
+# file (suffix _<flag><value>) and appears in the printed command of the rows it changes.
+_DKD_BETA = flags.DEFINE_float(
+    "dkd_beta", 8.0, "DKD's non-target weight beta in dkd and dkd_ls (the paper's CIFAR-100 8).")
+_LS_T = flags.DEFINE_float(
+    "ls_temperature", 2.0, "Temperature of the z-scored logits in kd_ls, dkd_ls (Sun et al.: 2).")
+_KD_LS_ALPHA = flags.DEFINE_float(
+    "kd_ls_alpha", 0.1 / 9.1, "kd_ls's hard-label weight (Sun et al.: CE 0.1, KD 9 -> 0.1 / 9.1).")
+ABLATIONS = {"dkd_beta": ("dkd", "dkd_ls"), "ls_temperature": ("kd_ls", "dkd_ls"),
+             "kd_ls_alpha": ("kd_ls",)}
 _CURVES = flags.DEFINE_bool(
     "curves", False, "Record each student's test and training-subset accuracy after every epoch "
     "(test_curve / train_curve in the results; two extra evaluations per epoch).")
@@ -240,13 +251,13 @@ def distiller_row(method: str, teacher: keras.Model, s: keras.Model):
     kd = kd_losses.SoftTargetDistillation(T)
     cached = {
         "kd": ([kd], [1.0], ALPHA, []),
-        "dkd": ([kd_losses.DecoupledKD(1.0, 8.0, T)], [1.0], ALPHA, "dkd"),
+        "dkd": ([kd_losses.DecoupledKD(1.0, _DKD_BETA.value, T)], [1.0], ALPHA, "dkd"),
         "dist": ([kd_losses.DISTDistillation(2.0, 2.0, T)], [1.0], ALPHA, []),
         # Sun et al.'s resnet32x4 -> resnet8x4 config: T = 2, CE weight 0.1, KD weight 9.
-        "kd_ls": ([kd_losses.SoftTargetDistillation(2.0, logit_standardization=True)], [1.0],
-                  0.1 / 9.1, []),
-        "dkd_ls": ([kd_losses.DecoupledKD(1.0, 8.0, 2.0, logit_standardization=True)], [1.0],
-                   ALPHA, "dkd"),
+        "kd_ls": ([kd_losses.SoftTargetDistillation(_LS_T.value, logit_standardization=True)],
+                  [1.0], _KD_LS_ALPHA.value, []),
+        "dkd_ls": ([kd_losses.DecoupledKD(1.0, _DKD_BETA.value, _LS_T.value,
+                                          logit_standardization=True)], [1.0], ALPHA, "dkd"),
     }
     if method in cached:
         losses, weights, alpha, callbacks = cached[method]
@@ -420,13 +431,21 @@ def main(argv):
         _log(f"teacher {_TEACHER.value}: test accuracy {teacher_accuracy:.4f}")
     runner = Runner(data, teacher)
     prefix = "results" if _STUDENT.value == "cnn2" else f"results_{_STUDENT.value}"
-    results_path = runner.out / f"{prefix}_e{_EPOCHS.value}_n{_TRAIN.value}_b{_BATCH.value}.jsonl"
+    changed = {name: flags.FLAGS[name].value for name in ABLATIONS
+               if flags.FLAGS[name].value != flags.FLAGS[name].default}
+    suffix = "".join(f"_{name}{value:g}" for name, value in changed.items())
+    results_path = runner.out / (
+        f"{prefix}_e{_EPOCHS.value}_n{_TRAIN.value}_b{_BATCH.value}{suffix}.jsonl")
     def timed(method, seed):
         start, cpu = time.perf_counter(), time.process_time()
         result = runner.run(method, seed)
         result["seconds"] = time.perf_counter() - start
         result["cpu_seconds"] = time.process_time() - cpu
         return result
+
+    def ablation_flags(method):
+        return "".join(f" --{name}={value:g}" for name, value in changed.items()
+                       if method in ABLATIONS[name])
 
     pairs = [(method, seed) for seed in seeds for method in _METHODS.value]
     done = run_missing(results_path, pairs, timed, _log)
@@ -451,7 +470,7 @@ def main(argv):
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         print(f"| {method} | {statistics.mean(accs):.2f} ± {std:.2f} | "
               f"{', '.join(f'{a:.2f}' for a in accs)} | {published(method)} | "
-              f"`{argv0} --methods={method} {common}` |")
+              f"`{argv0} --methods={method} {common}{ablation_flags(method)}` |")
     print(f"\n{sys.version.split()[0]}, keras {keras.__version__}, results in {results_path}")
 
 
