@@ -147,14 +147,17 @@ def _adam(learning_rate: float, epochs: int, num_examples: int, batch_size: int)
     return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
 
 
-def _ordered(x, y, batch_size: int, seed: int, augment=None) -> tf.data.Dataset:
-    """Shuffled each epoch in a seed-determined order, identical across runs with one seed."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
-        len(x), seed=seed, reshuffle_each_iteration=True
-    )
+def _ordered(data, batch_size: int, seed: int, augment=None) -> tf.data.Dataset:
+    """Shuffled each epoch in a seed-determined order, identical across runs with one seed.
+
+    `data` is `(x, y)` arrays or an unbatched dataset of as many elements (cached teacher
+    logits); `augment` transforms the first component of each batch.
+    """
+    ds = data if isinstance(data, tf.data.Dataset) else tf.data.Dataset.from_tensor_slices(data)
+    ds = ds.shuffle(int(ds.cardinality()), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment is not None:
-        ds = ds.map(lambda a, b: (augment(a), b), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda a, *rest: (augment(a), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -222,7 +225,7 @@ def train_classifier(
         metrics=["accuracy"],
     )
     history = model.fit(
-        _ordered(x, y, batch_size, seed, augment),
+        _ordered((x, y), batch_size, seed, augment),
         validation_data=(
             tf.data.Dataset.from_tensor_slices(_check_arrays("test_data", test_data)).batch(1000)
             if test_data is not None
@@ -594,14 +597,11 @@ def scratch_vs_distilled(
                 loss=_hard_loss(),
                 metrics=["accuracy"],
             )
-            if student_augment is None:
-                distilled_train = (
-                    cached_train.shuffle(len(x_train), seed=run_seed, reshuffle_each_iteration=True)
-                    .batch(batch_size)
-                    .prefetch(tf.data.AUTOTUNE)
-                )
-            else:  # the teacher runs live on each transformed batch
-                distilled_train = _ordered(x_train, y_train, batch_size, run_seed, student_augment)
+            # with student_augment the teacher runs live on each transformed batch
+            distilled_train = _ordered(
+                (x_train, y_train) if cached_train is None else cached_train,
+                batch_size, run_seed, student_augment,
+            )
             distilled_history = distiller.fit(
                 distilled_train,
                 validation_data=cached_test,
