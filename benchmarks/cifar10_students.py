@@ -133,6 +133,9 @@ _KD_LS_ALPHA = flags.DEFINE_float(
     "kd_ls_alpha", 0.1 / 9.1, "kd_ls's hard-label weight (Sun et al.: CE 0.1, KD 9 -> 0.1 / 9.1).")
 ABLATIONS = {"dkd_beta": ("dkd", "dkd_ls"), "ls_temperature": ("kd_ls", "dkd_ls"),
              "kd_ls_alpha": ("kd_ls",)}
+_TEACHER_STATS = flags.DEFINE_bool(
+    "teacher_stats", False, "Only print how soft the teacher's targets are on the training "
+    "images (raw logits at T = 4, z-scored at --ls_temperature) and exit.")
 _CURVES = flags.DEFINE_bool(
     "curves", False, "Record each student's test and training-subset accuracy after every epoch "
     "(test_curve / train_curve in the results; two extra evaluations per epoch).")
@@ -172,6 +175,29 @@ class Data:
         x, y = (self.x[:10000], self.y[:10000]) if train else (self.x_test, self.y_test)
         logits = model.predict(x, batch_size=1000, verbose=0)
         return float((np.argmax(logits, -1) == y).mean())
+
+
+def teacher_softness(teacher: keras.Model, data: Data) -> str:
+    """How soft the teacher's targets are on the training images, as KD, DKD and LS see them.
+
+    Per softening: the mean probability of the true class `p_t` (KD weighs its non-target term
+    by `1 - p_t`, where DKD uses a constant beta) and the mean entropy, against the uniform
+    distribution's `log(classes)`.
+    """
+    logits = teacher.predict(data.x, batch_size=500, verbose=0).astype("float64")
+    lines = [f"teacher on {len(data.x):,} training images: per-example logit std "
+             f"(ddof 1) mean {logits.std(axis=1, ddof=1).mean():.2f}, "
+             f"accuracy {(logits.argmax(1) == data.y).mean():.4f}"]
+    z_scored = np.asarray(kd_losses.functional.standardize_logits(logits), "float64")
+    for name, z, t in (("raw", logits, T), ("z-scored", z_scored, _LS_T.value)):
+        a = z / t - (z / t).max(1, keepdims=True)
+        log_p = a - np.log(np.exp(a).sum(1, keepdims=True))
+        p = np.exp(log_p)
+        p_t = p[np.arange(len(data.y)), data.y].mean()
+        entropy = -(p * log_p).sum(1).mean()
+        lines.append(f"{name} logits at T = {t:g}: mean p_t {p_t:.3f} (1 - p_t {1 - p_t:.3f}), "
+                     f"mean entropy {entropy:.3f} nats (uniform: {np.log(z.shape[1]):.3f})")
+    return "\n".join(lines)
 
 
 class Curves(keras.callbacks.Callback):
@@ -429,6 +455,11 @@ def main(argv):
         teacher = keras.models.load_model(_TEACHER.value)
         teacher_accuracy = data.accuracy(teacher)
         _log(f"teacher {_TEACHER.value}: test accuracy {teacher_accuracy:.4f}")
+    if _TEACHER_STATS.value:
+        if teacher is None:
+            teacher = keras.models.load_model(_TEACHER.value)
+        print(teacher_softness(teacher, data))
+        return
     runner = Runner(data, teacher)
     prefix = "results" if _STUDENT.value == "cnn2" else f"results_{_STUDENT.value}"
     changed = {name: flags.FLAGS[name].value for name in ABLATIONS
