@@ -45,6 +45,8 @@ Usage:
   nice python benchmarks/cifar10_students.py > runs/cifar10_students.log 2>&1 &
   python benchmarks/cifar10_students.py --methods=scratch,kd --seeds=0 --epochs=1  # quick look
   python benchmarks/cifar10_students.py --student=cnn4 --methods=scratch,kd --epochs=5
+  python benchmarks/cifar10_students.py --student=cnn4 --methods=dkd --epochs=5 --dkd_beta=0.5
+  python benchmarks/cifar10_students.py --teacher_stats  # how soft the teacher's targets are
 """
 
 from __future__ import annotations
