@@ -192,7 +192,8 @@ def teacher_softness(teacher: keras.Model, data: Data) -> str:
              f"accuracy {(logits.argmax(1) == data.y).mean():.4f}"]
     z_scored = np.asarray(kd_losses.functional.standardize_logits(logits), "float64")
     for name, z, t in (("raw", logits, T), ("z-scored", z_scored, _LS_T.value)):
-        a = z / t - (z / t).max(1, keepdims=True)
+        a = z / t
+        a -= a.max(1, keepdims=True)
         log_p = a - np.log(np.exp(a).sum(1, keepdims=True))
         p = np.exp(log_p)
         p_t = p[np.arange(len(data.y)), data.y].mean()
@@ -453,13 +454,11 @@ def main(argv):
     seeds = [int(s) for s in _SEEDS.value]
     data = Data()
     teacher = teacher_accuracy = None
-    if set(_METHODS.value) - TEACHERLESS:
+    if _TEACHER_STATS.value or set(_METHODS.value) - TEACHERLESS:
         teacher = keras.models.load_model(_TEACHER.value)
         teacher_accuracy = data.accuracy(teacher)
         _log(f"teacher {_TEACHER.value}: test accuracy {teacher_accuracy:.4f}")
     if _TEACHER_STATS.value:
-        if teacher is None:
-            teacher = keras.models.load_model(_TEACHER.value)
         print(teacher_softness(teacher, data))
         return
     runner = Runner(data, teacher)
