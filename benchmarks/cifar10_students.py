@@ -3,37 +3,40 @@ r"""CIFAR-10 students of the ResNet-20 teacher: every method, the same budget, 3
 The teacher is `benchmarks/weights/cifar10_resnet20.keras` (trained by `cifar10_teacher.py`).
 Every row trains the same student (by default the 2-layer plain CNN of Mirzadeh et al. 2020,
 13 k parameters, `keras_kd.models.plain_cnn(2)`; `--student=cnn4` is their 4-layer one, 38 k,
-and `--student=resnet8` a ResNet-8, 79 k, for the rows that use logits only) from the same
-initial weights per seed, on all 50,000 training images in the same order per seed, for
-`--epochs` epochs (batch 128, Adam with a cosine decay of the learning rate from 1e-3 to 0, no
-augmentation), and is evaluated on the 10,000 test images. Two-model rows (TA chain,
+also every row, and `--student=resnet8` a ResNet-8, 79 k, for the rows that use logits only)
+from the same initial weights per seed, on all 50,000 training images in the same order per
+seed, for `--epochs` epochs (batch 128, Adam with a cosine decay of the learning rate from 1e-3
+to 0, no augmentation), and is evaluated on the 10,000 test images. Two-model rows (TA chain,
 born-again, the online methods) give each training step the same budget. Label-loss weight
 alpha = 0.5 unless a row says otherwise; KD uses T = 4.
 
 Rows whose teacher signal is only the teacher's logits train on logits cached once (exact: the
 inputs are not augmented); rows with feature losses run the teacher live in bfloat16
-(`teacher_precision="bfloat16"`, 1.9x faster on these CPUs).
+(`teacher_precision="bfloat16"`, 1.9x faster on these CPUs). They tap the teacher's stage1 /
+stage2 against the student's s1 / s2 = relu_0 / relu_1 (cnn2) or relu_1 / relu_3 (cnn4), the
+last ReLU of each of its two stages.
 
   scratch     cross-entropy only
   kd          CE + soft targets, T = 4 (Hinton et al. 2015)
-  fitnets     stage 1 (1 epoch): hint teacher stage2 -> student relu_1 (1x1 conv adapter);
+  fitnets     stage 1 (1 epoch): hint teacher stage2 -> student s2 (1x1 conv adapter);
               stage 2: CE + KD (Romero et al. 2015)
-  at          CE + attention transfer stage1 -> relu_0, stage2 -> relu_1, beta = 1000
-  fsp         CE + FSP matrix of (stage1, stage2) vs (relu_0, relu_1)
+  at          CE + attention transfer stage1 -> s1, stage2 -> s2, beta = 1000
+  fsp         CE + FSP matrix of (stage1, stage2) vs (s1, s2)
   rkd         CE + RKD distance (25) + angle (50) on teacher pool vs student flatten
-  overhaul    CE + Overhaul on the pre-ReLU stage2 / bn_1, margin from the teacher's last
+  overhaul    CE + Overhaul on the pre-ReLU stage2 / s2, margin from the teacher's last
               stage-2 BN (as the paper's code does for ResNets), weight 2e-3
   adaptive    CE + KD + logit MSE + AT + hint (Chennupati et al.'s paths), the path weights
               learned by UncertaintyWeighting (Kendall et al. 2018)
-  takd        teacher -> 4-layer plain CNN assistant -> student (`teacher_assistant_chain`)
+  takd        teacher -> plain CNN assistant (4-layer; 6-layer for cnn4) -> student
+              (`teacher_assistant_chain`)
   ensemble    KD from `Ensemble([ResNet-20, ResNet-8 a, ResNet-8 b])` (probabilities at T = 4);
               the two ResNet-8 are trained by this script (`--ensemble_epochs`, augmented)
   ban         born-again generation 1: KD from the scratch student of the same seed
-  dml         `MutualLearning` of two 2-layer students (T = 1): peer 0
-  one         `NativeEnsemble`: the first conv block shared, 3 branches (conv 16 + FC),
-              T = 3; branch 0 alone (the 2-layer architecture)
+  dml         `MutualLearning` of two students (T = 1): peer 0
+  one         `NativeEnsemble`: the student's first stage shared, 3 branches (its second
+              stage + FC), T = 3; branch 0 alone (the student's architecture)
   rocket      `RocketLaunching`: the light net (the student) and a booster (deeper head) share
-              the first conv block; logit MSE lambda = 0.03, gradient block: the light net
+              the student's first stage; logit MSE lambda = 0.03, gradient block: the light net
   dkd         CE + DKD (alpha 1, beta 8, T = 4), warm-up over the first epoch (Zhao et al. 2022)
   dist        CE + DIST (beta = gamma = 2, T = 4) (Huang et al. 2022)
   kd_ls       CE + KD on z-scored logits, T = 2, alpha = 0.1 / 9.1 (Sun et al. 2024's
@@ -121,9 +124,9 @@ _TEACHER = flags.DEFINE_string("teacher", TEACHER_PATH, "The trained teacher (.k
 _OUT = flags.DEFINE_string("output_dir", "runs/cifar10_students", "Results and extra teachers.")
 _STUDENT = flags.DEFINE_enum(
     "student", "cnn2", ["cnn2", "cnn4", "resnet8"],
-    "cnn2: TAKD's 2-layer plain CNN (every row); cnn4: its 4-layer one; resnet8: ResNet-8. "
-    "cnn4 and resnet8 run the rows that use logits only (scratch, kd, dkd, dist, kd_ls, "
-    "dkd_ls, ensemble, ban).")
+    "cnn2: TAKD's 2-layer plain CNN; cnn4: its 4-layer one (both: every row); resnet8: "
+    "ResNet-8, the rows that use logits only (scratch, kd, dkd, dist, kd_ls, dkd_ls, "
+    "ensemble, ban).")
 
 # Ablation flags of the modern logit rows. A value other than the default writes its own results
 # file (suffix _<flag><value>) and appears in the printed command of the rows it changes.
@@ -235,6 +238,16 @@ STUDENTS = {
 }
 # Rows whose construction does not depend on the student's layers (any `--student`).
 LOGIT_ONLY = {"scratch", "kd", "dkd", "dist", "kd_ls", "dkd_ls", "ensemble", "ban"}
+# The students every row can be built around: the student layers tapped against the teacher's
+# `stage1` (32x32x16) and `stage2` (16x16x32), the conv widths of the student's two stages
+# (ONE's trunk and branches, Rocket's shared block and light head are built from them) and the
+# plain CNN that is the TA chain's assistant (TAKD's 10 -> 4 -> 2 and, for the 4-layer student,
+# 10 -> 6 -> 4 with the ResNet-20 in the 10-layer CNN's place).
+ARCHITECTURE = {
+    "cnn2": {"stage1": "relu_0", "stage2": "relu_1", "stages": ((16,), (16,)), "assistant": 4},
+    "cnn4": {"stage1": "relu_1", "stage2": "relu_3", "stages": ((16, 16), (32, 32)),
+             "assistant": 6},
+}
 
 
 def student(seed: int, offset: int = 0, name: str = "student") -> keras.Model:
@@ -243,33 +256,40 @@ def student(seed: int, offset: int = 0, name: str = "student") -> keras.Model:
 
 
 # ------------------------------------------------------------------------- online models
-def conv_block(h, filters: int, name: str):
-    h = L.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(h)
-    h = L.BatchNormalization(name=f"{name}_bn")(h)
-    return L.MaxPooling2D(2)(L.ReLU(name=f"{name}_relu")(h))
+def conv_stage(h, widths: tuple[int, ...], name: str):
+    """Conv-BN-ReLU per width (layers `{name}_conv`..., or `{name}{j}_conv`... for several
+    widths), then 2x2 max-pooling."""
+    for j, filters in enumerate(widths):
+        tag = name if len(widths) == 1 else f"{name}{j}"
+        h = L.Conv2D(filters, 3, padding="same", name=f"{tag}_conv")(h)
+        h = L.BatchNormalization(name=f"{tag}_bn")(h)
+        h = L.ReLU(name=f"{tag}_relu")(h)
+    return L.MaxPooling2D(2)(h)
 
 
 def one_models(seed: int):
-    """Trunk = the student's first conv block; 3 branches = its second block + FC."""
+    """Trunk = the student's first stage; 3 branches = its second stage + FC."""
+    first, second = ARCHITECTURE[_STUDENT.value]["stages"]
     keras.utils.set_random_seed(1000 * seed + 40)
     inputs = keras.Input((32, 32, 3))
-    trunk = keras.Model(inputs, conv_block(inputs, 16, "trunk"), name="trunk")
+    trunk = keras.Model(inputs, conv_stage(inputs, first, "trunk"), name="trunk")
     branches = []
     for i in range(3):
-        b_in = keras.Input((16, 16, 16))
-        h = L.Flatten()(conv_block(b_in, 16, f"branch{i}"))
+        b_in = keras.Input(trunk.output.shape[1:])
+        h = L.Flatten()(conv_stage(b_in, second, f"branch{i}"))
         branches.append(keras.Model(b_in, L.Dense(10)(h), name=f"branch_{i}"))
     return trunk, branches
 
 
 def rocket_models(seed: int):
-    """Light = the 2-layer student; booster = the same first block + 3 more conv layers."""
+    """Light = the student; booster = its first stage (shared) + two stages of 32 and 64."""
+    first, second = ARCHITECTURE[_STUDENT.value]["stages"]
     keras.utils.set_random_seed(1000 * seed + 50)
     inputs = keras.Input((32, 32, 3))
-    shared = conv_block(inputs, 16, "shared")
-    light = L.Dense(10, name="light_logits")(L.Flatten()(conv_block(shared, 16, "light")))
-    h = conv_block(shared, 32, "booster_a")
-    h = conv_block(h, 64, "booster_b")
+    shared = conv_stage(inputs, first, "shared")
+    light = L.Dense(10, name="light_logits")(L.Flatten()(conv_stage(shared, second, "light")))
+    h = conv_stage(shared, (32,) * len(second), "booster_a")
+    h = conv_stage(h, (64,) * len(second), "booster_b")
     booster = L.Dense(10, name="booster_logits")(L.GlobalAveragePooling2D()(h))
     return keras.Model(inputs, light, name="light"), keras.Model(inputs, booster, name="booster")
 
@@ -294,27 +314,27 @@ def distiller_row(method: str, teacher: keras.Model, s: keras.Model):
             callbacks = [keras_kd.callbacks.DKDWarmup(losses[0], 1)]
         return None, losses, weights, alpha, callbacks
     callbacks = []
+    s1, s2 = ARCHITECTURE[_STUDENT.value]["stage1"], ARCHITECTURE[_STUDENT.value]["stage2"]
     if method == "fitnets":
-        hint = kd_losses.HintDistillation("stage2", "relu_1")
+        hint = kd_losses.HintDistillation("stage2", s2)
         losses, weights = [kd, hint], [1.0, 0.0]
         callbacks.append(keras_kd.callbacks.HintStage(hint, 1))
     elif method == "at":
-        losses = [kd_losses.AttentionTransfer("stage1", "relu_0"),
-                  kd_losses.AttentionTransfer("stage2", "relu_1")]
+        losses = [kd_losses.AttentionTransfer("stage1", s1),
+                  kd_losses.AttentionTransfer("stage2", s2)]
         weights = [1000.0, 1000.0]
     elif method == "fsp":
-        losses, weights = [kd_losses.FSPDistillation(("stage1", "stage2"),
-                                                     ("relu_0", "relu_1"))], [1.0]
+        losses, weights = [kd_losses.FSPDistillation(("stage1", "stage2"), (s1, s2))], [1.0]
     elif method == "rkd":
         losses, weights = [kd_losses.RelationalDistillation("pool", "flatten")], [1.0]
     elif method == "overhaul":
         losses = [kd_losses.OverhaulDistillation(
-            "stage2", "relu_1", teacher=teacher, teacher_batch_norm="stage2_block2_b_bn")]
+            "stage2", s2, teacher=teacher, teacher_batch_norm="stage2_block2_b_bn")]
         weights = [2e-3]  # (1 - alpha) * 2e-3 = the paper's 1e-3
     elif method == "adaptive":
         losses = [kd, kd_losses.LogitMatchingDistillation(),
-                  kd_losses.AttentionTransfer("stage2", "relu_1"),
-                  kd_losses.HintDistillation("stage2", "relu_1")]
+                  kd_losses.AttentionTransfer("stage2", s2),
+                  kd_losses.HintDistillation("stage2", s2)]
         weights = UncertaintyWeighting(4)
     else:
         raise ValueError(f"unknown method {method!r}")
@@ -405,7 +425,7 @@ class Runner:
                                         student_loss_weight=ALPHA), train)
         elif method == "takd":
             keras.utils.set_random_seed(1000 * seed + 20)
-            assistant = plain_cnn(4, name="assistant")
+            assistant = plain_cnn(ARCHITECTURE[_STUDENT.value]["assistant"], name="assistant")
             chain = teacher_assistant_chain(
                 teacher, [assistant], student(seed), data.train(seed), epochs=self.epochs,
                 distiller_kwargs={"distillation_losses": kd_losses.SoftTargetDistillation(T),
@@ -447,10 +467,11 @@ def main(argv):
     for method in _METHODS.value:
         if method not in METHODS:
             raise app.UsageError(f"--methods: unknown {method!r}; valid: {METHODS}")
-        if _STUDENT.value != "cnn2" and method not in LOGIT_ONLY:
+        if _STUDENT.value not in ARCHITECTURE and method not in LOGIT_ONLY:
             raise app.UsageError(
-                f"--methods={method} is built around the 2-layer student's layers; with "
-                f"--student={_STUDENT.value} pass only {sorted(LOGIT_ONLY)}.")
+                f"--methods={method} is built around the student's layers, known for "
+                f"--student={'/'.join(ARCHITECTURE)}; with --student={_STUDENT.value} pass only "
+                f"{sorted(LOGIT_ONLY)}.")
     seeds = [int(s) for s in _SEEDS.value]
     data = Data()
     teacher = teacher_accuracy = None
