@@ -275,11 +275,25 @@ def rkd_distance(teacher_embeddings, student_embeddings):
 
 
 def _angles(e):
-    """`(n, n, n)` cosines `<e(i->j), e(i->k)>` of unit difference vectors at vertex `i`."""
-    diff = e[None, :, :] - e[:, None, :]  # diff[i, j] = e_j - e_i
-    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(diff), axis=-1, keepdims=True), 1e-12))
-    unit = diff / norm
-    return ops.einsum("ijd,ikd->ijk", unit, unit)
+    """`(n, n, n)` cosines `<e(i->j), e(i->k)>` of unit difference vectors at vertex `i`.
+
+    From the Gram matrix of the centred embeddings, in float64: `<e_j - e_i, e_k - e_i> =
+    G_jk - G_ij - G_ik + G_ii`, so the cost is `n^2 dim + n^3` instead of the explicit
+    differences' `n^3 dim` (and `n^2 dim` memory). Centring (the angles are translation
+    invariant) and float64 keep the cancellation far below float32 rounding. A cosine with a
+    coincident pair (`j = i`, `k = i` or squared distance <= 1e-12) is 0.
+    """
+    e = ops.cast(e, "float64")
+    e = e - ops.mean(e, axis=0, keepdims=True)
+    gram = ops.matmul(e, ops.transpose(e))
+    square = ops.diagonal(gram)
+    d2 = square[:, None] + square[None, :] - 2.0 * gram  # d2[i, j] = ||e_j - e_i||^2
+    # r[i, j] = 1 / ||e_j - e_i||, 0 for a coincident pair (so its cosines are 0)
+    r = ops.where(d2 > 1e-12, 1.0 / ops.sqrt(ops.maximum(d2, 1e-12)), 0.0)
+    # <e_j - e_i, e_k - e_i> = G_jk - a_ij - a_ik with a_ij = G_ij - G_ii / 2
+    a = gram - 0.5 * square[:, None]
+    cos = (gram[None, :, :] - a[:, :, None] - a[:, None, :]) * r[:, :, None] * r[:, None, :]
+    return ops.cast(cos, "float32")
 
 
 def rkd_angle(teacher_embeddings, student_embeddings):
@@ -291,8 +305,9 @@ def rkd_angle(teacher_embeddings, student_embeddings):
 
     Returns:
         `(batch,)` float32: for vertex `i`, `mean_{j,k} huber(cos_s(i; j, k) - cos_t(i; j, k))`
-        with `cos(i; j, k) = <(e_j - e_i)/||e_j - e_i||, (e_k - e_i)/||e_k - e_i||>`. Memory
-        grows as `batch^2 * dim`: tap an embedding (after pooling), not a large map.
+        with `cos(i; j, k) = <(e_j - e_i)/||e_j - e_i||, (e_k - e_i)/||e_k - e_i||>` (0 where
+        `e_j` or `e_k` coincides with `e_i`). Computed from the Gram matrix in float64: time
+        `batch^2 * dim + batch^3`, memory `batch^3`.
 
     Reference:
         Park et al., "Relational Knowledge Distillation", CVPR 2019, eq. (6)-(8).

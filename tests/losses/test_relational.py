@@ -21,15 +21,16 @@ def _np_dist(e):
 
 
 def _np_angle(e):
+    """Explicit unit difference vectors in float64; 0 where a pair coincides."""
     e = e.reshape(len(e), -1).astype(np.float64)
     n = len(e)
     out = np.zeros((n, n, n))
     for i in range(n):
         for j in range(n):
             for k in range(n):
-                if j == i or k == i:
-                    continue
                 u, v = e[j] - e[i], e[k] - e[i]
+                if not (u.any() and v.any()):
+                    continue
                 out[i, j, k] = u @ v / np.linalg.norm(u) / np.linalg.norm(v)
     return out
 
@@ -43,6 +44,26 @@ def test_distance_and_angle_match_numpy():
     angle = keras.ops.convert_to_numpy(rkd_angle(t, s))
     ref = _huber(_np_angle(s) - _np_angle(t)).reshape(6, -1).mean(axis=1)
     np.testing.assert_allclose(angle, ref, atol=1e-5)
+
+
+def test_angle_far_from_the_origin_and_with_duplicates_matches_numpy():
+    # Embeddings 1000 spreads away from the origin (post-ReLU features often are): the Gram
+    # form must not lose the angles by cancellation; a repeated example gives 0 cosines.
+    rng = np.random.default_rng(3)
+    t = (1000.0 + rng.normal(size=(7, 16))).astype("float32")
+    s = (-500.0 + 0.01 * rng.normal(size=(7, 9))).astype("float32")
+    t[4], s[4] = t[1], s[1]
+    ref = _huber(_np_angle(s) - _np_angle(t)).reshape(7, -1).mean(axis=1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(rkd_angle(t, s)), ref, atol=1e-6)
+
+
+def test_angle_on_a_wide_embedding_matches_numpy():
+    # a batch of 24 with 2048 features (the 4-layer CIFAR student's flatten), float64 reference
+    rng = np.random.default_rng(4)
+    t = np.maximum(rng.normal(size=(24, 64)), 0).astype("float32")
+    s = np.maximum(rng.normal(0.5, 1.0, size=(24, 8, 8, 32)), 0).astype("float32")
+    ref = _huber(_np_angle(s) - _np_angle(t)).reshape(24, -1).mean(axis=1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(rkd_angle(t, s)), ref, atol=1e-6)
 
 
 def test_invariances():
