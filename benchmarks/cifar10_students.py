@@ -3,7 +3,7 @@ r"""CIFAR-10 students of the ResNet-20 teacher: every method, the same budget, 3
 The teacher is `benchmarks/weights/cifar10_resnet20.keras` (trained by `cifar10_teacher.py`).
 Every row trains the same student (by default the 2-layer plain CNN of Mirzadeh et al. 2020,
 13 k parameters, `keras_kd.models.plain_cnn(2)`; `--student=cnn4` is their 4-layer one, 38 k,
-also every row, and `--student=resnet8` a ResNet-8, 79 k, for the rows that use logits only)
+also every row, and `--student=resnet8` a ResNet-8, 79 k, every row but ONE and Rocket)
 from the same initial weights per seed, on all 50,000 training images in the same order per
 seed, for `--epochs` epochs (batch 128, Adam with a cosine decay of the learning rate from 1e-3
 to 0, no augmentation), and is evaluated on the 10,000 test images. Two-model rows (TA chain,
@@ -14,7 +14,8 @@ Rows whose teacher signal is only the teacher's logits train on logits cached on
 inputs are not augmented); rows with feature losses run the teacher live in bfloat16
 (`teacher_precision="bfloat16"`, 1.9x faster on these CPUs). They tap the teacher's stage1 /
 stage2 against the student's s1 / s2 = relu_0 / relu_1 (cnn2) or relu_1 / relu_3 (cnn4), the
-last ReLU of each of its two stages.
+last ReLU of each of its two stages, or stage1 / stage2 (resnet8, the same shapes as the
+teacher's).
 
   scratch     cross-entropy only
   kd          CE + soft targets, T = 4 (Hinton et al. 2015)
@@ -23,20 +24,23 @@ last ReLU of each of its two stages.
   at          CE + attention transfer stage1 -> s1, stage2 -> s2, beta = 1000
   fsp         CE + FSP matrix of (stage1, stage2) vs (s1, s2)
   rkd         CE + RKD distance (25) + angle (50) on teacher pool vs student flatten
+              (the ResNet-8: pool)
   overhaul    CE + Overhaul on the pre-ReLU stage2 / s2, margin from the teacher's last
               stage-2 BN (as the paper's code does for ResNets), weight 2e-3
   adaptive    CE + KD + logit MSE + AT + hint (Chennupati et al.'s paths), the path weights
               learned by UncertaintyWeighting (Kendall et al. 2018)
-  takd        teacher -> plain CNN assistant (4-layer; 6-layer for cnn4) -> student
+  takd        teacher -> assistant (plain CNN, 4-layer; 6-layer for cnn4; ResNet-14 for
+              resnet8) -> student
               (`teacher_assistant_chain`)
   ensemble    KD from `Ensemble([ResNet-20, ResNet-8 a, ResNet-8 b])` (probabilities at T = 4);
               the two ResNet-8 are trained by this script (`--ensemble_epochs`, augmented)
   ban         born-again generation 1: KD from the scratch student of the same seed
   dml         `MutualLearning` of two students (T = 1): peer 0
   one         `NativeEnsemble`: the student's first stage shared, 3 branches (its second
-              stage + FC), T = 3; branch 0 alone (the student's architecture)
+              stage + FC), T = 3; branch 0 alone (the student's architecture); plain CNNs
   rocket      `RocketLaunching`: the light net (the student) and a booster (deeper head) share
-              the student's first stage; logit MSE lambda = 0.03, gradient block: the light net
+              the student's first stage; logit MSE lambda = 0.03, gradient block: the light
+              net; plain CNNs
   dkd         CE + DKD (alpha 1, beta 8, T = 4), warm-up over the first epoch (Zhao et al. 2022)
   dist        CE + DIST (beta = gamma = 2, T = 4) (Huang et al. 2022)
   kd_ls       CE + KD on z-scored logits, T = 2, alpha = 0.1 / 9.1 (Sun et al. 2024's
@@ -125,8 +129,7 @@ _OUT = flags.DEFINE_string("output_dir", "runs/cifar10_students", "Results and e
 _STUDENT = flags.DEFINE_enum(
     "student", "cnn2", ["cnn2", "cnn4", "resnet8"],
     "cnn2: TAKD's 2-layer plain CNN; cnn4: its 4-layer one (both: every row); resnet8: "
-    "ResNet-8, the rows that use logits only (scratch, kd, dkd, dist, kd_ls, dkd_ls, "
-    "ensemble, ban).")
+    "ResNet-8 (every row but one and rocket).")
 
 # Ablation flags of the modern logit rows. A value other than the default writes its own results
 # file (suffix _<flag><value>) and appears in the printed command of the rows it changes.
@@ -236,18 +239,22 @@ STUDENTS = {
     "cnn4": lambda name: plain_cnn(4, name=name),
     "resnet8": lambda name: resnet_cifar(8, name=name),
 }
-# Rows whose construction does not depend on the student's layers (any `--student`).
-LOGIT_ONLY = {"scratch", "kd", "dkd", "dist", "kd_ls", "dkd_ls", "ensemble", "ban"}
-# The students every row can be built around: the student layers tapped against the teacher's
-# `stage1` (32x32x16) and `stage2` (16x16x32), the conv widths of the student's two stages
-# (ONE's trunk and branches, Rocket's shared block and light head are built from them) and the
-# plain CNN that is the TA chain's assistant (TAKD's 10 -> 4 -> 2 and, for the 4-layer student,
-# 10 -> 6 -> 4 with the ResNet-20 in the 10-layer CNN's place).
+# Per student: the layers tapped against the teacher's `stage1` (32x32x16) and `stage2`
+# (16x16x32), the embedding RKD compares with the teacher's `pool`, the TA chain's assistant
+# (TAKD's 10 -> 4 -> 2 and, for the 4-layer student, 10 -> 6 -> 4 with the ResNet-20 in the
+# 10-layer CNN's place; ResNet-20 -> 14 -> 8 for the ResNet) and, for the plain CNNs, the conv
+# widths of the student's two stages, from which ONE's trunk and branches and Rocket's shared
+# block and light head are built (`ONLINE_STAGED`: not built for the ResNet).
 ARCHITECTURE = {
-    "cnn2": {"stage1": "relu_0", "stage2": "relu_1", "stages": ((16,), (16,)), "assistant": 4},
-    "cnn4": {"stage1": "relu_1", "stage2": "relu_3", "stages": ((16, 16), (32, 32)),
-             "assistant": 6},
+    "cnn2": {"stage1": "relu_0", "stage2": "relu_1", "embedding": "flatten",
+             "assistant": lambda name: plain_cnn(4, name=name), "stages": ((16,), (16,))},
+    "cnn4": {"stage1": "relu_1", "stage2": "relu_3", "embedding": "flatten",
+             "assistant": lambda name: plain_cnn(6, name=name),
+             "stages": ((16, 16), (32, 32))},
+    "resnet8": {"stage1": "stage1", "stage2": "stage2", "embedding": "pool",
+                "assistant": lambda name: resnet_cifar(14, name=name)},
 }
+ONLINE_STAGED = {"one", "rocket"}
 
 
 def student(seed: int, offset: int = 0, name: str = "student") -> keras.Model:
@@ -326,7 +333,8 @@ def distiller_row(method: str, teacher: keras.Model, s: keras.Model):
     elif method == "fsp":
         losses, weights = [kd_losses.FSPDistillation(("stage1", "stage2"), (s1, s2))], [1.0]
     elif method == "rkd":
-        losses, weights = [kd_losses.RelationalDistillation("pool", "flatten")], [1.0]
+        embedding = ARCHITECTURE[_STUDENT.value]["embedding"]
+        losses, weights = [kd_losses.RelationalDistillation("pool", embedding)], [1.0]
     elif method == "overhaul":
         losses = [kd_losses.OverhaulDistillation(
             "stage2", s2, teacher=teacher, teacher_batch_norm="stage2_block2_b_bn")]
@@ -425,7 +433,7 @@ class Runner:
                                         student_loss_weight=ALPHA), train)
         elif method == "takd":
             keras.utils.set_random_seed(1000 * seed + 20)
-            assistant = plain_cnn(ARCHITECTURE[_STUDENT.value]["assistant"], name="assistant")
+            assistant = ARCHITECTURE[_STUDENT.value]["assistant"]("assistant")
             chain = teacher_assistant_chain(
                 teacher, [assistant], student(seed), data.train(seed), epochs=self.epochs,
                 distiller_kwargs={"distillation_losses": kd_losses.SoftTargetDistillation(T),
@@ -467,11 +475,12 @@ def main(argv):
     for method in _METHODS.value:
         if method not in METHODS:
             raise app.UsageError(f"--methods: unknown {method!r}; valid: {METHODS}")
-        if _STUDENT.value not in ARCHITECTURE and method not in LOGIT_ONLY:
+        if method in ONLINE_STAGED and "stages" not in ARCHITECTURE[_STUDENT.value]:
+            staged = [name for name, arch in ARCHITECTURE.items() if "stages" in arch]
             raise app.UsageError(
-                f"--methods={method} is built around the student's layers, known for "
-                f"--student={'/'.join(ARCHITECTURE)}; with --student={_STUDENT.value} pass only "
-                f"{sorted(LOGIT_ONLY)}.")
+                f"--methods={method} builds its models from the plain CNN's stages, known for "
+                f"--student={'/'.join(staged)}; with --student={_STUDENT.value} leave out "
+                f"{sorted(ONLINE_STAGED)}.")
     seeds = [int(s) for s in _SEEDS.value]
     data = Data()
     teacher = teacher_accuracy = None
